@@ -1,0 +1,136 @@
+"""Hypergradients of the validation loss with respect to the structural parameters alpha.
+
+The bi-level problem (paper eq. 9-13, reference section 4): the delta weights minimise the training
+loss on D_delta, alpha minimises the loss on D_alpha of the weights after one virtual step,
+
+    F(alpha) = L(b_alpha; delta'(alpha), alpha),    delta'(alpha) = step(delta, grad_delta L(b_delta; delta, alpha)).
+
+With an SGD virtual step delta' = delta - xi * g the chain rule gives
+
+    dF/dalpha = grad_alpha L(b_alpha; delta', alpha) - xi * H v,   H v = d/d eps grad_alpha L(b_delta; delta + eps v, alpha)
+
+with v = grad_delta' L(b_alpha; delta', alpha). The estimators differ only in how `H v` is formed:
+
+  * ``second_order_fd``: central finite difference, eps = 0.01 / (||v|| + 1e-6) (the reference).
+  * ``second_order_exact``: forward-over-reverse, `jax.jvp` of `jax.grad` in the direction v.
+  * ``first_order``: xi = 0 and no virtual step (DARTS first order): dF/dalpha = grad_alpha L(b_alpha; delta, alpha).
+
+The reference scales `H v` by the SGD learning rate xi even when its virtual step is Adam; we do the same.
+`objective(delta, alpha, batch, dropout_key) -> scalar` carries everything else (the backbone, the shared
+Binary Concrete noise and zeta) in its closure, so the estimators are model-agnostic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Objective = Callable[[Any, jax.Array, Any, jax.Array], jax.Array]
+VirtualStep = Callable[[Any, Any], Any]
+
+ESTIMATORS = ("second_order_fd", "second_order_exact", "first_order")
+VIRTUAL_STEPS = ("adam", "sgd")
+FD_EPSILON_NUMERATOR = 0.01
+
+
+def check_estimator(name: str) -> None:
+    """Raises ValueError for an unknown estimator name."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown hypergradient estimator {name!r}: use one of {', '.join(ESTIMATORS)}")
+
+
+def sgd_virtual_step(xi: jax.Array) -> VirtualStep:
+    """delta' = delta - xi * g (the paper's eq. 11)."""
+    return lambda delta, grads: jax.tree.map(lambda d, g: d - xi * g, delta, grads)
+
+
+def optimizer_virtual_step(optimizer: optax.GradientTransformation, opt_state: Any) -> VirtualStep:
+    """delta' = one full step of `optimizer` from its live state (the reference's AdamW virtual step).
+
+    The state is only read: JAX arrays are immutable, so the real optimizer is untouched. The gradient
+    is not clipped here, as in the reference.
+    """
+
+    def step(delta, grads):
+        updates, _ = optimizer.update(grads, opt_state, delta)
+        return optax.apply_updates(delta, updates)
+
+    return step
+
+
+def hypergradient(
+    objective: Objective,
+    delta: Any,
+    alpha: jax.Array,
+    batch_delta: Any,
+    batch_alpha: Any,
+    dropout_keys: jax.Array,
+    *,
+    estimator: str,
+    virtual_step: VirtualStep,
+    xi: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Gradient of the one-step-unrolled validation loss with respect to alpha.
+
+    Args:
+      objective: `(delta, alpha, batch, dropout_key) -> scalar loss`.
+      delta: the delta weights (any pytree).
+      alpha: f32[N] structural parameters.
+      batch_delta / batch_alpha: one batch from D_delta and one from D_alpha.
+      dropout_keys: [4, 2] keys, one per forward pass (independent dropout masks as in the reference).
+      estimator: one of ESTIMATORS.
+      virtual_step: `(delta, grads) -> delta'`; unused by ``first_order``.
+      xi: scale of the Hessian term (the current delta learning rate).
+
+    Returns:
+      (grad_alpha f32[N], aux) with aux = {'loss_alpha': L(b_alpha; delta', alpha)}.
+    """
+    check_estimator(estimator)
+    if estimator == "first_order":
+        loss, grad_alpha = jax.value_and_grad(objective, argnums=1)(delta, alpha, batch_alpha, dropout_keys[0])
+        return grad_alpha, {"loss_alpha": loss}
+
+    grad_delta = jax.grad(objective)(delta, alpha, batch_delta, dropout_keys[0])
+    delta_virtual = virtual_step(delta, grad_delta)
+    loss, (v, grad_alpha_direct) = jax.value_and_grad(objective, argnums=(0, 1))(
+        delta_virtual, alpha, batch_alpha, dropout_keys[1]
+    )
+    if estimator == "second_order_exact":
+        hvp = _mixed_hvp_exact(objective, delta, alpha, batch_delta, dropout_keys[2], v)
+    else:
+        hvp = _mixed_hvp_finite_difference(objective, delta, alpha, batch_delta, dropout_keys[2:4], v)
+    return grad_alpha_direct - xi * hvp, {"loss_alpha": loss}
+
+
+def _grad_alpha(objective: Objective, delta, alpha, batch, key) -> jax.Array:
+    return jax.grad(objective, argnums=1)(delta, alpha, batch, key)
+
+
+def _mixed_hvp_exact(objective: Objective, delta, alpha, batch, key, v) -> jax.Array:
+    """d^2 L / (d alpha d delta) . v, exactly: jvp over delta of grad_alpha."""
+    _, hvp = jax.jvp(lambda d: _grad_alpha(objective, d, alpha, batch, key), (delta,), (v,))
+    return hvp
+
+
+def _mixed_hvp_finite_difference(objective: Objective, delta, alpha, batch, keys, v) -> jax.Array:
+    """[grad_alpha L(delta + eps v) - grad_alpha L(delta - eps v)] / (2 eps), eps = 0.01 / (||v|| + 1e-6)."""
+    epsilon = FD_EPSILON_NUMERATOR / (optax.tree.norm(v) + 1e-6)
+    delta_plus = jax.tree.map(lambda d, u: d + epsilon * u, delta, v)
+    delta_minus = jax.tree.map(lambda d, u: d - epsilon * u, delta, v)
+    grad_plus = _grad_alpha(objective, delta_plus, alpha, batch, keys[0])
+    grad_minus = _grad_alpha(objective, delta_minus, alpha, batch, keys[1])
+    return (grad_plus - grad_minus) / (2.0 * epsilon)
+
+
+def make_virtual_step(
+    kind: str, optimizer: optax.GradientTransformation, opt_state: Any, xi: jax.Array
+) -> VirtualStep:
+    """`adam`: a full step of the live delta optimizer (reference); `sgd`: delta - xi g (paper)."""
+    if kind == "adam":
+        return optimizer_virtual_step(optimizer, opt_state)
+    if kind == "sgd":
+        return sgd_virtual_step(xi)
+    raise ValueError(f"unknown virtual step {kind!r}: use one of {', '.join(VIRTUAL_STEPS)}")
