@@ -1,0 +1,225 @@
+"""Batches for training and evaluation: tokenization, bucketed padding, resumable shuffling, and
+per-host slices of each global batch.
+
+Every batch is a dict of int32 numpy arrays, [rows, length]:
+  input_ids               source token ids, EOS last, padded with the tokenizer's pad id (0)
+  attention_mask          1 on source tokens, 0 on padding
+  labels                  target token ids, EOS last, padded with -100 (ignored by the loss)
+  decoder_attention_mask  1 on target tokens, 0 on padding
+Lengths are padded up to a bucket (powers of two from `min_bucket`, capped by the maximum length),
+chosen from the whole global batch so that every host sees the same shapes; a run therefore compiles
+at most len(source buckets) x len(target buckets) shapes. Batches always have `batch_size` rows: a
+short final batch is filled with padding rows (all masks 0, labels -100), which the loss ignores.
+
+With several hosts (`process_count` P), host k gets rows [k B/P, (k+1) B/P) of every global batch of
+B rows; all hosts walk the same global order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from s3delta_jax.data.tasks import Example, Task
+from s3delta_jax.models.tokenizers import Tokenizer
+
+IGNORE_LABEL = -100
+DEFAULT_MIN_BUCKET = 8
+
+
+@dataclass(frozen=True)
+class EncodedExamples:
+    """Token ids of examples, truncated, in example order.
+
+    source_ids / target_ids: one int32 array [length_i] per example, EOS last.
+    pad_id: the tokenizer's pad id, which fills input_ids.
+    """
+
+    source_ids: list[np.ndarray]
+    target_ids: list[np.ndarray]
+    max_source_length: int
+    max_target_length: int
+    pad_id: int
+
+    def __post_init__(self):
+        if len(self.source_ids) != len(self.target_ids):
+            raise ValueError(f"{len(self.source_ids)} sources for {len(self.target_ids)} targets")
+
+    def __len__(self) -> int:
+        return len(self.source_ids)
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source lengths, target lengths), int arrays [num examples]."""
+        return (np.array([len(ids) for ids in self.source_ids], dtype=np.int64),
+                np.array([len(ids) for ids in self.target_ids], dtype=np.int64))
+
+
+def truncate(ids: Sequence[int], max_length: int) -> list[int]:
+    """`ids` (ending with EOS) cut to `max_length` tokens, keeping the EOS last."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    ids = list(ids)
+    return ids if len(ids) <= max_length else ids[: max_length - 1] + ids[-1:]
+
+
+def encode_examples(
+    task: Task, examples: Sequence[Example], tokenizer: Tokenizer,
+    max_source_length: int | None = None, max_target_length: int | None = None,
+) -> EncodedExamples:
+    """Tokenizes and truncates sources and targets; the maximum lengths default to the task's
+    (`task.max_source_length`, `task.max_target_length(tokenizer)`)."""
+    max_source_length = max_source_length or task.max_source_length
+    max_target_length = max_target_length or task.max_target_length(tokenizer)
+    cache: dict[tuple[str, int], np.ndarray] = {}  # ReCoRD repeats a source once per answer
+
+    def encode(text: str, max_length: int) -> np.ndarray:
+        if (text, max_length) not in cache:
+            cache[text, max_length] = np.asarray(truncate(tokenizer.encode(text), max_length), dtype=np.int32)
+        return cache[text, max_length]
+
+    return EncodedExamples(
+        source_ids=[encode(e.source, max_source_length) for e in examples],
+        target_ids=[encode(e.target, max_target_length) for e in examples],
+        max_source_length=max_source_length,
+        max_target_length=max_target_length,
+        pad_id=tokenizer.pad_id,
+    )
+
+
+def bucket_lengths(max_length: int, min_bucket: int = DEFAULT_MIN_BUCKET) -> tuple[int, ...]:
+    """Powers of two from `min_bucket` below `max_length`, then `max_length`: e.g. 128 -> (8, 16, 32, 64, 128)."""
+    buckets, length = [], min_bucket
+    while length < max_length:
+        buckets.append(length)
+        length *= 2
+    return tuple(buckets) + (max_length,)
+
+
+def _bucket(length: int, buckets: tuple[int, ...]) -> int:
+    return next(b for b in buckets if b >= length)
+
+
+class Batcher:
+    """Builds host slices of global batches of `encoded` (see the module docstring)."""
+
+    def __init__(self, encoded: EncodedExamples, batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1, min_bucket: int = DEFAULT_MIN_BUCKET):
+        if len(encoded) == 0:
+            raise ValueError("no examples to batch")
+        if batch_size < 1 or batch_size % process_count:
+            raise ValueError(f"the global batch size ({batch_size}) must be a positive multiple of the "
+                             f"process count ({process_count}): each host takes an equal slice")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+        self.encoded = encoded
+        self.batch_size = batch_size
+        self.rows_per_host = batch_size // process_count
+        self.process_index = process_index
+        self.source_buckets = bucket_lengths(encoded.max_source_length, min_bucket)
+        self.target_buckets = bucket_lengths(encoded.max_target_length, min_bucket)
+        self.source_lengths, self.target_lengths = encoded.lengths()
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """This host's rows of the global batch of examples `indices` (at most `batch_size`; the
+        rest of the batch is padding rows). Arrays: int32 [rows_per_host, bucketed length]."""
+        if not 0 < len(indices) <= self.batch_size:
+            raise ValueError(f"a batch holds 1..{self.batch_size} examples, got {len(indices)}")
+        source_length = _bucket(int(self.source_lengths[indices].max()), self.source_buckets)
+        target_length = _bucket(int(self.target_lengths[indices].max()), self.target_buckets)
+        first = self.process_index * self.rows_per_host
+        mine = indices[first: first + self.rows_per_host]
+        input_ids = np.full((self.rows_per_host, source_length), self.encoded.pad_id, dtype=np.int32)
+        attention_mask = np.zeros_like(input_ids)
+        labels = np.full((self.rows_per_host, target_length), IGNORE_LABEL, dtype=np.int32)
+        for row, example in enumerate(mine):
+            source, target = self.encoded.source_ids[example], self.encoded.target_ids[example]
+            input_ids[row, : len(source)] = source
+            attention_mask[row, : len(source)] = 1
+            labels[row, : len(target)] = target
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "decoder_attention_mask": (labels != IGNORE_LABEL).astype(np.int32),
+        }
+
+
+class TrainBatches:
+    """Shuffled training batches, epoch after epoch (an endless iterator), resumable mid-epoch.
+
+    Epoch e visits the examples in the order Generator(PCG64([seed, e])).permutation(n), in
+    consecutive global batches of `batch_size`; with `drop_last` the final partial batch of an epoch
+    is skipped, otherwise it is filled with padding rows. `state()` is a JSON-serialisable dict
+    {"epoch", "position"} (position = batches already taken in that epoch); passing it back as
+    `state=` continues with the very next batch.
+    """
+
+    def __init__(self, encoded: EncodedExamples, batch_size: int, seed: int, *, drop_last: bool = False,
+                 process_index: int = 0, process_count: int = 1, min_bucket: int = DEFAULT_MIN_BUCKET,
+                 state: dict[str, Any] | None = None):
+        self.batcher = Batcher(encoded, batch_size, process_index=process_index,
+                               process_count=process_count, min_bucket=min_bucket)
+        self.seed = seed
+        n = len(encoded)
+        self.batches_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"drop_last with {n} examples and batch size {batch_size} leaves no batch")
+        self.epoch, self.position = _checked_state(state or {"epoch": 0, "position": 0}, self.batches_per_epoch)
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def state(self) -> dict[str, int]:
+        """Where the next batch comes from: {"epoch": e, "position": batches taken in epoch e}."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The example order of `epoch`: a permutation of range(num examples)."""
+        if epoch != self._order_epoch:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._order_epoch, self._order = epoch, rng.permutation(len(self.batcher.encoded))
+        return self._order
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        size = self.batcher.batch_size
+        indices = self.epoch_order(self.epoch)[self.position * size: (self.position + 1) * size]
+        batch = self.batcher.batch(indices)
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+
+def _checked_state(state: dict[str, Any], batches_per_epoch: int) -> tuple[int, int]:
+    try:
+        epoch, position = state["epoch"], state["position"]
+    except (KeyError, TypeError):
+        raise ValueError(f"a pipeline state is {{'epoch': int, 'position': int}}, got {state!r}") from None
+    if not (isinstance(epoch, int) and isinstance(position, int) and epoch >= 0 and 0 <= position < batches_per_epoch):
+        raise ValueError(f"pipeline state {state!r} does not fit this data: position must be in "
+                         f"[0, {batches_per_epoch}) batches per epoch and epoch >= 0")
+    return epoch, position
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """One evaluation batch: this host's `arrays`, and where the global batch sits in the examples:
+    its rows are examples [start, start + num_real); rows from num_real on are padding."""
+
+    arrays: dict[str, np.ndarray]
+    start: int
+    num_real: int
+
+
+def eval_batches(encoded: EncodedExamples, batch_size: int, *, process_index: int = 0, process_count: int = 1,
+                 min_bucket: int = DEFAULT_MIN_BUCKET) -> Iterator[EvalBatch]:
+    """All examples in order, in global batches of `batch_size` rows (the last one padded)."""
+    batcher = Batcher(encoded, batch_size, process_index=process_index, process_count=process_count,
+                      min_bucket=min_bucket)
+    for start in range(0, len(encoded), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(encoded)))
+        yield EvalBatch(batcher.batch(indices), start, len(indices))

@@ -1,0 +1,75 @@
+"""The paper's data splits (reference doc section 6), deterministic per seed.
+
+  * "small" tasks: train = the original train split, unshuffled; the original validation split is
+    permuted, its first floor(n/2) rows become validation, the rest test.
+  * "large" tasks: the train split is permuted, its first 2,000 rows become validation, the rest
+    train; test = the original validation split (MNLI: validation_matched).
+  * The search's D_delta / D_alpha are equal random halves of the train split (one row dropped when
+    the count is odd).
+
+Permutations come from numpy's Generator(PCG64(seed)) (the reference's torch.randperm cannot be
+reproduced bit for bit; the counts and the rules are the same). The halves use the independent
+stream PCG64(SeedSequence(seed, spawn_key=(1,))), so they do not repeat the split's permutation.
+Rows are split by reference, never copied; MultiRC is split by answer rows, as in the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from s3delta_jax.data.tasks import Task
+
+LARGE_TASK_VALIDATION_SIZE = 2000
+_HALVES_STREAM = 1
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The train / validation / test rows of one seed."""
+
+    train: list[Any]
+    validation: list[Any]
+    test: list[Any]
+
+
+def paper_splits(
+    task: Task, train_rows: Sequence[Any], validation_rows: Sequence[Any], seed: int,
+    large_validation_size: int = LARGE_TASK_VALIDATION_SIZE,
+) -> Splits:
+    """The paper's split of `task`'s original train and validation rows for `seed`."""
+    if task.size == "small":
+        order = permutation(len(validation_rows), seed)
+        half = len(validation_rows) // 2
+        return Splits(list(train_rows), _take(validation_rows, order[:half]), _take(validation_rows, order[half:]))
+    if len(train_rows) <= large_validation_size:
+        raise ValueError(
+            f"task {task.name!r} is large: it needs more than {large_validation_size} train rows to take "
+            f"{large_validation_size} as validation, got {len(train_rows)} (pass a smaller large_validation_size)"
+        )
+    order = permutation(len(train_rows), seed)
+    return Splits(
+        _take(train_rows, order[large_validation_size:]),
+        _take(train_rows, order[:large_validation_size]),
+        list(validation_rows),
+    )
+
+
+def search_halves(train_rows: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    """(D_delta, D_alpha): two disjoint random halves of equal size (floor(n/2) each) of `train_rows`."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(_HALVES_STREAM,))))
+    order = rng.permutation(len(train_rows))
+    half = len(train_rows) // 2
+    return _take(train_rows, order[:half]), _take(train_rows, order[half: 2 * half])
+
+
+def permutation(n: int, seed: int) -> np.ndarray:
+    """The seed's permutation of range(n): Generator(PCG64(seed)).permutation(n)."""
+    return np.random.Generator(np.random.PCG64(seed)).permutation(n)
+
+
+def _take(rows: Sequence[Any], indices: np.ndarray) -> list[Any]:
+    return [rows[i] for i in indices]
