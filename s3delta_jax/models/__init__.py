@@ -1,0 +1,1 @@
+"""Backbones (Flax T5), checkpoint conversion, tokenizers and hub access."""
