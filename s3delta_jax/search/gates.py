@@ -22,6 +22,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from s3delta_jax.deltas.budget import BudgetError
+
 # The reference's EPS: the budget equality is solved for B (1 - EPS), saturated probabilities are
 # moved EPS away from 0 and 1, and uniform draws are kept EPS away from 0 and 1.
 EPS = 1e-7
@@ -32,10 +34,6 @@ MIN_SIGMOID_ARG = -200.0
 # the bracket stops moving (its midpoint equals an end point).
 ZETA_ITERATIONS = 64
 GATE_MODES = ("global", "local", "l0")
-
-
-class BudgetError(ValueError):
-    """The parameter budget makes the search meaningless (empty or unconstrained)."""
 
 
 def validate_budget(sizes: ArrayLike, budget: float) -> None:

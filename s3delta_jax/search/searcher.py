@@ -1,0 +1,87 @@
+"""`Searcher`: the S3Delta search on any Flax model in a few calls (the public face of the package).
+
+    searcher = Searcher(model.apply, candidates, loss_fn, budget=budget_params(1e-3, num_backbone_params),
+                        total_steps=1000)
+    state = searcher.init(jax.random.PRNGKey(0))
+    for batch_delta, batch_alpha in zip(d_delta, d_alpha):
+        state, metrics = searcher.step(state, params, batch_delta, batch_alpha)
+    chosen = searcher.select(state)            # the candidates of the final structure
+
+`loss_fn(apply_fn, params, batch, dropout_key) -> scalar` is the user's task loss, written against
+`apply_fn`, which has the signature of `model.apply` and carries the gated delta modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from s3delta_jax.deltas.inject import init_delta, with_deltas
+from s3delta_jax.deltas.spaces import Candidate, candidates_from_mask
+from s3delta_jax.search import gates, select as select_lib
+from s3delta_jax.search.step import (
+    LossFn,
+    SearchSettings,
+    SearchState,
+    adamw_with_linear_decay,
+    expected_probabilities,
+    init_search_state,
+    make_search_step,
+)
+
+
+@dataclasses.dataclass
+class Searcher:
+    """The search over `candidates` of a model at a parameter `budget` (see the module docstring).
+
+    Attributes:
+      model_apply: the model's `apply`.
+      candidates: the expanded search space (`expand(space, positions).candidates`).
+      loss_fn: `(apply_fn, params, batch, dropout_key) -> scalar`.
+      budget: B in parameters (`budget_params` turns a ratio into a count).
+      total_steps: length of the linear learning-rate decays.
+      settings: estimator, virtual step, tau, gate mode, clipping (defaults: the reference).
+      learning_rate / alpha_learning_rate: AdamW learning rates of delta and alpha.
+    """
+
+    model_apply: Callable[..., Any]
+    candidates: Sequence[Candidate]
+    loss_fn: LossFn
+    budget: float
+    total_steps: int
+    settings: SearchSettings = dataclasses.field(default_factory=SearchSettings)
+    learning_rate: float = 3e-4
+    alpha_learning_rate: float = 0.1
+
+    def __post_init__(self):
+        self.sizes = np.array([c.size for c in self.candidates], dtype=np.int64)
+        gates.validate_budget(self.sizes, self.budget)
+        self.delta_optimizer, delta_schedule = adamw_with_linear_decay(self.learning_rate, self.total_steps)
+        self.alpha_optimizer, _ = adamw_with_linear_decay(self.alpha_learning_rate, self.total_steps)
+        self.step = jax.jit(make_search_step(
+            self.loss_fn, self.model_apply, self.candidates, self.sizes, self.budget, self.settings,
+            self.delta_optimizer, self.alpha_optimizer, delta_schedule,
+        ))
+
+    def init(self, rng: jax.Array) -> SearchState:
+        """Fresh delta weights (reference initialisations), alpha = 0, optimizer states."""
+        init_key, state_key = jax.random.split(rng)
+        delta = init_delta(init_key, self.candidates)
+        return init_search_state(delta, len(self.candidates), self.delta_optimizer, self.alpha_optimizer, state_key)
+
+    def probabilities(self, state: SearchState) -> jax.Array:
+        """p f32[N]: the gate probabilities at the budget."""
+        return expected_probabilities(state.alpha, self.sizes, self.budget, self.settings)
+
+    def apply_with_expected_gates(self, state: SearchState) -> Callable[..., Any]:
+        """`model.apply` with every candidate gated by p (the search's evaluation, z = p)."""
+        return with_deltas(self.model_apply, self.candidates, state.delta, self.probabilities(state))
+
+    def select(self, state: SearchState, strategy: str = "greedy", seed: int | None = None) -> list[Candidate]:
+        """The final structure: candidates chosen from p within the budget ('greedy', 'knapsack', 'random')."""
+        p = np.asarray(self.probabilities(state))
+        mask = select_lib.select(strategy, p, self.sizes, self.budget, seed=seed)
+        return candidates_from_mask(self.candidates, mask)
