@@ -1,0 +1,1 @@
+"""Loops, evaluation, checkpoints and outputs behind run_search.py and run_retrain.py."""

@@ -1,0 +1,156 @@
+"""run_search.py / run_retrain.py end to end, as a user runs them (subprocesses, offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MRPC = ROOT.parent / "shared" / "data" / "glue" / "MRPC"
+SEARCH_OUTPUTS = ("config.json", "metrics.jsonl", "structure.json", "gates.tsv", "heatmap.png", "results.json")
+
+
+@pytest.fixture(scope="session")
+def program_env(tmp_path_factory):
+    """Offline, with a compilation cache shared by the runs of this session (they compile the same step)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla-cache")))
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def command(program: str, config: str, workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / program), f"--config={ROOT / config}", f"--workdir={workdir}", *extra]
+
+
+def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_search(tmp_path_factory, program_env) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke-search")
+    started = time.monotonic()
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), program_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(f"smoke search took {time.monotonic() - started:.1f} s")
+    return workdir
+
+
+def test_smoke_search_writes_every_output_within_budget(smoke_search):
+    for name in SEARCH_OUTPUTS:
+        assert (smoke_search / name).stat().st_size > 0, name
+    structure = json.loads((smoke_search / "structure.json").read_text())
+    assert 0 < structure["total_size"] <= structure["budget"]["params"]
+    assert structure["total_size"] == sum(entry["size"] for entry in structure["chosen"])
+    results = json.loads((smoke_search / "results.json").read_text())
+    assert results["structure"]["trainable_params"] == structure["total_size"]
+    assert set(results["val"]) == {"accuracy", "f1"}
+    gates_rows = (smoke_search / "gates.tsv").read_text().splitlines()
+    assert len(gates_rows) == 1 + results["search_space"]["candidates"]
+    assert sum(row.endswith("\t1") for row in gates_rows[1:]) == len(structure["chosen"])
+    steps = [json.loads(line)["step"] for line in (smoke_search / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, steps[-1] + 1))
+
+
+def test_retrain_of_the_searched_structure_writes_results(smoke_search, tmp_path, program_env):
+    done = run(command("run_retrain.py", "configs/mrpc.py:smoke", tmp_path,
+                       f"--structure={smoke_search / 'structure.json'}"), program_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    structure = json.loads((smoke_search / "structure.json").read_text())
+    assert results["trainable_params"] == structure["total_size"]
+    assert results["ratio_to_backbone"] == pytest.approx(structure["total_size"] / results["backbone_params"])
+    assert set(results["test"]) == {"accuracy", "f1"} and results["main_score"] == results["test"]["accuracy"]
+
+
+def test_sigkill_midway_then_rerun_resumes_to_the_same_structure(smoke_search, tmp_path, program_env):
+    args = command("run_search.py", "configs/mrpc.py:smoke", tmp_path, "--config.search.checkpoint_every=10")
+    process = subprocess.Popen(args, cwd=ROOT, env=program_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not any(p.name.isdigit() for p in latest.glob("*")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(int(p.name) for p in latest.glob("*") if p.name.isdigit())
+    assert not (tmp_path / "structure.json").exists()
+
+    done = run(args, program_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, steps[-1] + 1)), f"resumed after step {killed_at}: log has gaps or repeats"
+    resumed = json.loads((tmp_path / "structure.json").read_text())
+    uninterrupted = json.loads((smoke_search / "structure.json").read_text())
+    assert resumed["chosen"] == uninterrupted["chosen"]
+    assert [c["p"] for c in resumed["candidates"]] == pytest.approx([c["p"] for c in uninterrupted["candidates"]], rel=1e-5)
+
+
+@pytest.mark.skipif(not MRPC.is_dir(), reason="needs ../shared/data/glue/MRPC")
+def test_paper_mrpc_config_runs_on_a_local_hf_checkpoint_and_real_mrpc(tmp_path, program_env):
+    """configs/mrpc.py as is, pointed at a local random-weight HF T5 and the real MRPC files, cut short."""
+    import torch
+    import transformers
+
+    model_dir = tmp_path / "hf-t5"
+    config = transformers.T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                   num_decoder_layers=2, num_heads=4, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(model_dir)
+    os.symlink(ROOT.parent / "shared" / "data" / "t5" / "spiece.model", model_dir / "spiece.model")
+    workdir = tmp_path / "run"
+    done = run(command(
+        "run_search.py", "configs/mrpc.py", workdir,
+        f"--config.model.name={model_dir}", f"--config.data.path={MRPC}",
+        "--config.search.max_steps=2", "--config.search.eval_every=2", "--config.search.eval_batch_size=256",
+        "--config.retrain.max_steps=2", "--config.retrain.eval_every=2", "--config.retrain.eval_batch_size=256",
+        "--config.eval.max_decode_length=4",
+    ), program_env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert structure["search_space"] == "s3pet_mix" and structure["budget"]["value"] == 1.389e-4
+    assert structure["total_size"] <= structure["budget"]["params"]
+    results = json.loads((workdir / "retrain" / "results.json").read_text())
+    assert list(results["test"]) == ["f1", "accuracy"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--config.search.no_such_field=1"], "no_such_field"),
+    (["--config.search.budget=1"], "budget"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, program_env, extra, message):
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", tmp_path, *extra), program_env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+
+
+def test_missing_structure_file_is_one_line_and_exit_2(tmp_path, program_env):
+    done = run(command("run_retrain.py", "configs/mrpc.py:smoke", tmp_path,
+                       f"--structure={tmp_path / 'nope.json'}"), program_env)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nope.json" in last
+
+
+def test_unreadable_checkpoint_is_one_line_and_exit_2_and_keeps_outputs(smoke_search, tmp_path, program_env):
+    workdir = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(smoke_search), str(workdir)], check=True)
+    before = {name: (workdir / name).read_bytes() for name in SEARCH_OUTPUTS}
+    for path in (workdir / "checkpoints" / "latest").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"not a checkpoint")
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), program_env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "checkpoint" in last
+    assert {name: (workdir / name).read_bytes() for name in SEARCH_OUTPUTS} == before
