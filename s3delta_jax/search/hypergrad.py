@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 Objective = Callable[[Any, jax.Array, Any, jax.Array], jax.Array]
