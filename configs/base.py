@@ -77,6 +77,26 @@ def base_config() -> ml_collections.ConfigDict:
             max_decode_length=20,
         )
     )
+    config.mesh = ml_collections.ConfigDict(
+        dict(
+            # Device mesh axes (s3delta_jax/train/sharding.py); their sizes multiply to the device count.
+            data=-1,  # data parallelism: batches are split over it; -1 = every device the other axes leave
+            fsdp=1,  # batches and the backbone's 'embed' dimension are split over it (ZeRO-3 style)
+            model=1,  # tensor parallelism: the backbone's vocab / heads / joined_kv / mlp dimensions
+            rules=(),  # logical-axis rule overrides, e.g. (("mlp", None), ("embed", "model"))
+        )
+    )
+    config.distributed = ml_collections.ConfigDict(
+        dict(
+            # True: jax.distributed.initialize(), which detects Cloud TPU slices, SLURM, Open MPI, Kubernetes.
+            initialize=False,
+            # An explicit multi-process setup (e.g. several processes on one machine): "host:port" of
+            # process 0, the number of processes and this process's id. Setting it implies initialize.
+            coordinator_address="",
+            num_processes=0,
+            process_id=-1,
+        )
+    )
     config.retrain_after_search = True
     return config
 

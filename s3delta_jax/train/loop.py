@@ -47,10 +47,14 @@ class Phase:
 
 @dataclasses.dataclass
 class PhaseResult:
+    """The final state, the best validation score/step/metrics, the step the run resumed from (0: a
+    fresh start) and the seconds this run took."""
+
     state: Any
     best_score: float
     best_step: int
     best_metrics: dict[str, float]
+    start_step: int
     seconds: float
 
 
@@ -62,7 +66,11 @@ def total_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int)
 
 def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: str,
               writer: bool) -> PhaseResult:
-    """Runs `phase` from `state`, or from the latest checkpoint in `checkpoints` when there is one."""
+    """Runs `phase` from `state`, or from the latest checkpoint in `checkpoints` when there is one.
+
+    Every process runs it; only the `writer` logs metrics and shows progress. A checkpoint is restored
+    onto the shardings of `state`, so a run may resume on a different mesh.
+    """
     started = time.monotonic()
     best = {"score": -math.inf, "step": -1, "metrics": {}}
     start_step = 0
@@ -76,7 +84,7 @@ def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_pat
             loader.epoch, loader.position = loader_state["epoch"], loader_state["position"]
     log = MetricsLog(metrics_path, start_step if start_step else None) if writer else None
     progress = Progress(phase.name, phase.total_steps, start=start_step,
-                        log_every=max(phase.total_steps // 20, 1))
+                        log_every=max(phase.total_steps // 20, 1)) if writer else None
     checkpoint_every = phase.checkpoint_every if phase.checkpoint_every > 0 else phase.eval_every
 
     for step in range(start_step + 1, phase.total_steps + 1):
@@ -91,13 +99,13 @@ def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_pat
             if score >= best["score"]:
                 best = {"score": score, "step": step, "metrics": scores}
                 checkpoints.save_best(step, phase.best_payload(state), {"step": step, "metrics": scores})
-        if log is not None:
+        if writer:
             log.write(record)
-        progress.update(step, **{k: v for k, v in record.items() if k.startswith(("loss", "val_"))})
+            progress.update(step, **{k: v for k, v in record.items() if k.startswith(("loss", "val_"))})
         if step % checkpoint_every == 0 or last:
             meta = {"step": step, "best": _json_best(best), "loaders": [l.state() for l in phase.loaders]}
             checkpoints.save_latest(step, state, meta)
-    return PhaseResult(state, best["score"], best["step"], best["metrics"], time.monotonic() - started)
+    return PhaseResult(state, best["score"], best["step"], best["metrics"], start_step, time.monotonic() - started)
 
 
 def _json_best(best: dict) -> dict:

@@ -16,15 +16,15 @@ import jax
 import ml_collections
 import optax
 
-from s3delta_jax.data import TrainBatches
 from s3delta_jax.deltas.inject import init_delta, with_deltas
 from s3delta_jax.deltas.structure import load_structure
 from s3delta_jax.search.step import adamw_with_linear_decay, clip_by_global_norm
 from s3delta_jax.train import outputs
 from s3delta_jax.train.checkpoints import RunCheckpoints
+from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, run_phase, total_steps
-from s3delta_jax.train.setup import backbone_positions, load_backbone, load_task_data, seq2seq_loss
+from s3delta_jax.train.setup import backbone_positions, load_backbone, load_task_data, seq2seq_loss, train_batches
 from s3delta_jax.train.system import peak_memory_bytes
 
 
@@ -57,11 +57,13 @@ def make_retrain_step(loss_fn, model_apply, candidates, optimizer: optax.Gradien
 def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path: str) -> dict:
     """Runs (or resumes) re-training of the structure in `structure_path`; returns results.json's dict."""
     started = time.monotonic()
+    start_processes(config.distributed)
     writer = outputs.is_writer()
     os.makedirs(workdir, exist_ok=True)
     if writer:
         outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    backbone = load_backbone(config.model, config.seed)
+    backbone = load_backbone(config.model, config.seed, config.mesh)
+    partitioner = backbone.partitioner
     positions = backbone_positions(backbone)
     structure = load_structure(structure_path, positions)
     candidates = structure.candidates_for(positions)
@@ -74,14 +76,20 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     optimizer, _ = adamw_with_linear_decay(phase_config.learning_rate, full_steps)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed + 1))
     delta = init_delta(init_key, candidates)
-    state = RetrainState(jax.numpy.zeros((), jax.numpy.int32), delta, optimizer.init(delta), state_key)
-    step_fn = jax.jit(make_retrain_step(seq2seq_loss(backbone.config), backbone.model.apply, candidates,
-                                        optimizer, phase_config.clip_norm), donate_argnums=0)
+    state = partitioner.replicate(
+        RetrainState(jax.numpy.zeros((), jax.numpy.int32), delta, optimizer.init(delta), state_key))
+    step_fn = partitioner.jit(
+        make_retrain_step(seq2seq_loss(backbone.config), backbone.model.apply, candidates, optimizer,
+                          phase_config.clip_norm),
+        in_shardings=(partitioner.replicated, partitioner.param_shardings, partitioner.batch),
+        out_shardings=partitioner.replicated, donate_argnums=(0,),
+    )
     params = backbone.params
     evaluator = Evaluator(
         data.task, backbone.tokenizer, backbone.config, config.eval.method, phase_config.eval_batch_size,
         config.eval.max_decode_length,
         apply_for=lambda delta: with_deltas(backbone.model.apply, candidates, delta),
+        partitioner=partitioner,
     )
 
     def evaluate_split(delta, split):
@@ -91,8 +99,9 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     phase = Phase(
         name="retrain", total_steps=steps, eval_every=phase_config.eval_every,
         checkpoint_every=phase_config.checkpoint_every,
-        step_fn=lambda s, batch: step_fn(s, params, batch),
-        loaders=[TrainBatches(data.encoded["train"], phase_config.batch_size, seed=config.seed)],
+        step_fn=lambda s, batch: step_fn(s, params, partitioner.global_batch(batch)),
+        loaders=[train_batches(data.encoded["train"], phase_config.batch_size, config.seed, partitioner,
+                               "retrain.batch_size")],
         evaluate=lambda s: evaluate_split(s.delta, "validation")[0],
         best_payload=lambda s: s.delta,
     )
@@ -106,6 +115,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
         "task": data.task.name,
         "structure": os.path.abspath(structure_path),
         "best_step": result.best_step,
+        "resumed_from_step": result.start_step,
         "val": result.best_metrics,
         "test": test_metrics,
         "main_score": next(iter(test_metrics.values())),
@@ -113,6 +123,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
         "modules": len(candidates),
         "backbone_params": backbone.num_params,
         "ratio_to_backbone": trainable / backbone.num_params,
+        "devices": partitioner.describe(),
         "wall_seconds": {"setup": setup_seconds, "retrain": result.seconds, "total": time.monotonic() - started},
         "peak_memory_bytes": peak_memory_bytes(),
     }

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from s3delta_jax.data import TrainBatches
 from s3delta_jax.deltas.budget import budget_params
 from s3delta_jax.deltas.inject import init_delta, with_deltas
 from s3delta_jax.deltas.spaces import candidates_from_mask, expand
@@ -24,9 +21,10 @@ from s3delta_jax.deltas.structure import save_structure, structure_from_candidat
 from s3delta_jax.search import gates, select, step as search_step
 from s3delta_jax.train import outputs
 from s3delta_jax.train.checkpoints import RunCheckpoints
+from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, run_phase, total_steps
-from s3delta_jax.train.setup import backbone_positions, load_backbone, load_task_data, seq2seq_loss
+from s3delta_jax.train.setup import backbone_positions, load_backbone, load_task_data, seq2seq_loss, train_batches
 from s3delta_jax.train.system import peak_memory_bytes
 
 
@@ -40,13 +38,15 @@ def search_settings(search_config: ml_collections.ConfigDict) -> search_step.Sea
 def run_search(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Runs (or resumes) the search; returns the path of the structure.json it wrote."""
     started = time.monotonic()
+    start_processes(config.distributed)
     writer = outputs.is_writer()
     os.makedirs(workdir, exist_ok=True)
     if writer:
         outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     settings = search_settings(config.search)  # validates names before any heavy work
 
-    backbone = load_backbone(config.model, config.seed)
+    backbone = load_backbone(config.model, config.seed, config.mesh)
+    partitioner = backbone.partitioner
     data = load_task_data(config.data, backbone.tokenizer, config.seed, with_search_halves=True)
     expansion = expand(config.search.space, backbone_positions(backbone))
     candidates = expansion.candidates
@@ -64,12 +64,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> str:
     rng = jax.random.PRNGKey(config.seed)
     init_key, state_key = jax.random.split(rng)
     delta = init_delta(init_key, candidates)
-    state = search_step.init_search_state(delta, len(candidates), delta_optimizer, alpha_optimizer, state_key)
+    state = partitioner.replicate(
+        search_step.init_search_state(delta, len(candidates), delta_optimizer, alpha_optimizer, state_key))
 
-    step_fn = jax.jit(search_step.make_search_step(
-        seq2seq_loss(backbone.config), backbone.model.apply, candidates, sizes, budget, settings,
-        delta_optimizer, alpha_optimizer, delta_schedule,
-    ), donate_argnums=0)
+    step_fn = partitioner.jit(
+        search_step.make_search_step(
+            seq2seq_loss(backbone.config), backbone.model.apply, candidates, sizes, budget, settings,
+            delta_optimizer, alpha_optimizer, delta_schedule,
+        ),
+        in_shardings=(partitioner.replicated, partitioner.param_shardings, partitioner.batch, partitioner.batch),
+        out_shardings=partitioner.replicated, donate_argnums=(0,),
+    )
     params = backbone.params
 
     def probabilities(alpha):
@@ -80,20 +85,23 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> str:
         config.eval.max_decode_length,
         apply_for=lambda variables: with_deltas(backbone.model.apply, candidates, variables["delta"],
                                                 probabilities(variables["alpha"])),
+        partitioner=partitioner,
     )
 
     def evaluate_split(delta, alpha, split):
         return evaluator(params, {"delta": delta, "alpha": alpha}, data.examples[split], data.encoded[split])
 
     loaders = [
-        TrainBatches(data.encoded["delta"], phase_config.batch_size, seed=2 * config.seed),
-        TrainBatches(data.encoded["alpha"], phase_config.batch_size, seed=2 * config.seed + 1),
+        train_batches(data.encoded[split], phase_config.batch_size, 2 * config.seed + i, partitioner,
+                      "search.batch_size")
+        for i, split in enumerate(("delta", "alpha"))
     ]
     checkpoints = RunCheckpoints(workdir)
     phase = Phase(
         name="search", total_steps=steps, eval_every=phase_config.eval_every,
         checkpoint_every=phase_config.checkpoint_every,
-        step_fn=lambda s, b_delta, b_alpha: step_fn(s, params, b_delta, b_alpha),
+        step_fn=lambda s, b_delta, b_alpha: step_fn(
+            s, params, partitioner.global_batch(b_delta), partitioner.global_batch(b_alpha)),
         loaders=loaders,
         evaluate=lambda s: evaluate_split(s.delta, s.alpha, "validation")[0],
         best_payload=lambda s: {"delta": s.delta, "alpha": s.alpha},
@@ -124,12 +132,14 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> str:
             "phase": "search",
             "task": data.task.name,
             "best_step": result.best_step,
+            "resumed_from_step": result.start_step,
             "val": result.best_metrics,
             "test_soft_gates": test_metrics,  # z = p on the test split: logged only, as in the reference
             "structure": {"modules": len(chosen), "trainable_params": trainable,
                           "ratio_to_backbone": trainable / backbone.num_params, "budget_params": budget},
             "search_space": {"candidates": len(candidates), "params": int(sizes.sum())},
             "backbone_params": backbone.num_params,
+            "devices": partitioner.describe(),
             "wall_seconds": {"setup": setup_seconds, "search": result.seconds,
                              "total": time.monotonic() - started},
             "peak_memory_bytes": peak_memory_bytes(),

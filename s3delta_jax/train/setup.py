@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ from s3delta_jax import data as data_lib
 from s3delta_jax.deltas.positions import Position, discover_positions
 from s3delta_jax.models import t5
 from s3delta_jax.models.tokenizers import Tokenizer, get_tokenizer
+from s3delta_jax.train.sharding import Partitioner, build_mesh
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -21,40 +23,63 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     """The frozen model: `model.apply({'params': params}, ...)`; `num_params` is the budget's denominator
-    (after the vocabulary slice, as in the reference)."""
+    (after the vocabulary slice, as in the reference). `params` are global arrays laid out on the mesh
+    by `partitioner.param_shardings`."""
 
     name: str
     model: t5.T5ForConditionalGeneration
     params: Any
     tokenizer: Tokenizer
     num_params: int
+    partitioner: Partitioner
 
     @property
     def config(self) -> t5.T5Config:
         return self.model.config
 
 
-def load_backbone(model_config: ml_collections.ConfigDict, seed: int) -> Backbone:
-    """The T5 named by `model_config` (hub id, local directory, or a preset with random weights)."""
+def load_backbone(model_config: ml_collections.ConfigDict, seed: int,
+                  mesh_config: ml_collections.ConfigDict) -> Backbone:
+    """The T5 named by `model_config` (hub id, local directory, or a preset with random weights),
+    sharded over the mesh of `mesh_config`: random weights are created in place, shard by shard;
+    loaded weights are cut into shards on the host."""
     if model_config.dtype not in DTYPES:
         raise ValueError(f"model.dtype {model_config.dtype!r} is not one of {', '.join(DTYPES)}")
     dtype = DTYPES[model_config.dtype]
     vocab_size = model_config.vocab_size or None
+    mesh = build_mesh(mesh_config)
     if model_config.random_init:
         overrides = dict(model_config.config_overrides)
         if vocab_size is not None:
             overrides["vocab_size"] = vocab_size
         config = t5.get_config(model_config.name, **overrides, dropout_rate=model_config.dropout_rate,
                                dtype=dtype, param_dtype=dtype)
-        model = t5.T5ForConditionalGeneration(config)
-        params = t5.init_params(config, jax.random.PRNGKey(seed))
+        partitioner = _partitioner(mesh, config, mesh_config.rules)
+        init = jax.jit(functools.partial(t5.init_params, config), out_shardings=partitioner.param_shardings)
+        params = init(jax.random.PRNGKey(seed))
     else:
-        model, params = t5.from_pretrained(model_config.name, dtype=dtype, vocab_size=vocab_size)
+        with jax.default_device(_host_device()):
+            model, host_params = t5.from_pretrained(model_config.name, dtype=dtype, vocab_size=vocab_size)
         config = dataclasses.replace(model.config, dropout_rate=model_config.dropout_rate)
-        model = t5.T5ForConditionalGeneration(config)
+        partitioner = _partitioner(mesh, config, mesh_config.rules)
+        params = partitioner.place(host_params, partitioner.param_shardings)
     tokenizer = get_tokenizer(model_config.tokenizer or model_config.name)
     num_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
-    return Backbone(model_config.name, model, params, tokenizer, num_params)
+    return Backbone(model_config.name, t5.T5ForConditionalGeneration(config), params, tokenizer, num_params,
+                    partitioner)
+
+
+def _host_device() -> jax.Device:
+    """Where loaded weights wait to be cut into shards: host memory, not one accelerator's (unless
+    JAX_PLATFORMS leaves the CPU out)."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return jax.local_devices()[0]
+
+
+def _partitioner(mesh: jax.sharding.Mesh, config: t5.T5Config, rule_overrides) -> Partitioner:
+    return Partitioner.create(mesh, t5.logical_axes(config), t5.param_shapes(config), tuple(rule_overrides))
 
 
 def backbone_positions(backbone: Backbone) -> list[Position]:
@@ -92,6 +117,15 @@ def load_task_data(data_config: ml_collections.ConfigDict, tokenizer: Tokenizer,
         for split, ex in examples.items()
     }
     return TaskData(task, examples, encoded)
+
+
+def train_batches(encoded: data_lib.EncodedExamples, batch_size: int, seed: int, partitioner: Partitioner,
+                  field: str) -> data_lib.TrainBatches:
+    """Shuffled batches of this process's rows (the same global order on every mesh); `field` names
+    the batch size setting in errors."""
+    partitioner.check_batch_size(batch_size, field)
+    index, count = partitioner.host_slice
+    return data_lib.TrainBatches(encoded, batch_size, seed=seed, process_index=index, process_count=count)
 
 
 def seq2seq_loss(config: t5.T5Config):

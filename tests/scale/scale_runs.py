@@ -1,0 +1,79 @@
+"""Helpers of the scale tests: subprocesses with fake CPU devices and what their runs wrote.
+
+XLA_FLAGS is set for the subprocesses only, before they import jax, never in the pytest process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("mesh_driver.py")
+STEPS = 20
+# The smoke search cut to STEPS steps, with the first-order hypergradient: it partitions exactly like
+# the second-order one (the same sharded forward and backward passes) and compiles four times faster.
+SMOKE_OVERRIDES = {"search.max_steps": STEPS, "search.estimator": "first_order"}
+# Backbone weights whose placement mesh_driver.py reports: vocab x embed, embed x joined_kv, embed x mlp.
+EMBEDDING, Q, WI = ("shared/embedding", "encoder/block_0/layer_0/SelfAttention/q/kernel",
+                    "encoder/block_0/layer_1/DenseReluDense/wi/kernel")
+# LLVM -O0 halves the compile time of the search step; every run here (the reference too) uses it.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+class Job:
+    """A subprocess started now and awaited later; stdout/stderr go to `log_stem`.out/.err."""
+
+    def __init__(self, args: list[str], env: dict, log_stem: Path, workdir: Path | None = None):
+        self.args, self.log_stem, self.workdir, self.started = args, log_stem, workdir, time.monotonic()
+        self._out, self._err = open(f"{log_stem}.out", "w"), open(f"{log_stem}.err", "w")
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._out, stderr=self._err)
+        self.seconds: float | None = None
+
+    def result(self, timeout: float = 900) -> str:
+        """stdout of the finished process; fails the test with its stderr tail if it failed."""
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._out.close()
+            self._err.close()
+        if self.seconds is None:
+            self.seconds = time.monotonic() - self.started
+            print(f"{self.log_stem.parent.name}/{self.log_stem.name}: {self.seconds:.0f} s")
+        stderr = Path(f"{self.log_stem}.err").read_text()
+        assert self.process.returncode == 0, f"{' '.join(self.args[:3])} failed:\n{stderr[-4000:]}"
+        return Path(f"{self.log_stem}.out").read_text()
+
+
+def device_env(base: dict, devices: int) -> dict:
+    return dict(base, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+
+
+def start_driver(spec: dict, env: dict, log_stem: Path) -> Job:
+    return Job([sys.executable, str(DRIVER), json.dumps(spec)], env, log_stem)
+
+
+def driver_records(job: Job) -> list[dict]:
+    return [json.loads(line) for line in job.result().splitlines() if line.startswith("{")]
+
+
+def losses(workdir: Path) -> np.ndarray:
+    """[steps, 2]: loss_delta and loss_alpha of every logged step, in step order."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    return np.array([[r["loss_delta"], r["loss_alpha"]] for r in records])
+
+
+def assert_same_structure(workdir: Path, reference: Path) -> None:
+    """structure.json equal to the reference's, its alpha and p per candidate up to relative 1e-4."""
+    got, want = (json.loads((w / "structure.json").read_text()) for w in (workdir, reference))
+    gate_values = [[[c.pop("alpha"), c.pop("p")] for c in s["candidates"]] for s in (got, want)]
+    np.testing.assert_allclose(*gate_values, rtol=1e-4, atol=1e-7)
+    assert got == want

@@ -1,0 +1,76 @@
+"""The smoke search on meshes of 8 fake CPU devices: the same losses and gates as one device, backbone
+weights really split over the devices, and a checkpoint written on one mesh resumed on another."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import mrpc
+from scale_runs import (
+    EMBEDDING, Q, SMOKE_OVERRIDES, STEPS, WI, assert_same_structure, device_env, driver_records, losses,
+    start_driver,
+)
+
+MESHES = {
+    "data8": {"mesh.data": 8},
+    "data2_model4": {"mesh.data": 2, "mesh.model": 4},
+    "model8": {"mesh.data": 1, "mesh.model": 8},
+}
+FSDP_MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2}  # only the backbone is placed on it
+
+_SMOKE = mrpc.get_config("smoke").model.config_overrides
+V, D, F = _SMOKE.vocab_size, _SMOKE.d_model, _SMOKE.d_ff
+HK = _SMOKE.num_heads * _SMOKE.d_kv
+
+
+@pytest.fixture(scope="module")
+def mesh_runs(tmp_path_factory, scale_env, reference_run):
+    """One process with 8 devices: the three meshes, then 10 steps on data2_model4 resumed to 20 on data8.
+    The one-device reference run (started first) shares the two cores with it."""
+    root = tmp_path_factory.mktemp("meshes")
+    runs = [{"workdir": str(root / name), "overrides": {**SMOKE_OVERRIDES, **mesh}} for name, mesh in MESHES.items()]
+    runs += [{"workdir": str(root / "resumed"), "overrides": {**SMOKE_OVERRIDES, **mesh, "search.max_steps": steps}}
+             for mesh, steps in ((MESHES["data2_model4"], STEPS // 2), (MESHES["data8"], STEPS))]
+    job = start_driver({"runs": runs, "placements": [FSDP_MESH]}, device_env(scale_env, 8), root / "log")
+    return root, driver_records(job)
+
+
+@pytest.mark.parametrize("name", MESHES)
+def test_losses_and_gates_match_one_device(mesh_runs, reference_run, name):
+    root, _ = mesh_runs
+    reference_run.result()
+    np.testing.assert_allclose(losses(root / name), losses(reference_run.workdir), rtol=1e-4)
+    assert_same_structure(root / name, reference_run.workdir)
+
+
+def test_backbone_weights_are_split_over_model_and_fsdp(mesh_runs):
+    """Per-device shard shapes: 'joined_kv' (heads x d_kv) and 'mlp' split over model, 'embed' over
+    fsdp; the vocabulary (259 rows) and the 4 heads do not divide 4 or 8 devices, so they stay whole."""
+    _, records = mesh_runs
+    by_mesh = {json.dumps(r["mesh"]): r for r in records}
+    expected = {
+        (8, 1, 1): ({EMBEDDING: [V, D], Q: [D, HK], WI: [D, F]}, ["model", "fsdp"]),  # size-1 axes
+        (2, 1, 4): ({EMBEDDING: [V, D], Q: [D, HK // 4], WI: [D, F // 4]}, [None, "fsdp"]),
+        (1, 1, 8): ({EMBEDDING: [V, D], Q: [D, HK // 8], WI: [D, F // 8]}, [None, "fsdp"]),
+        (2, 2, 2): ({EMBEDDING: [V, D // 2], Q: [D // 2, HK // 2], WI: [D // 2, F // 2]}, [None, "fsdp"]),
+    }
+    for (data, fsdp, model), (shards, embedding_spec) in expected.items():
+        record = by_mesh[json.dumps({"data": data, "fsdp": fsdp, "model": model})]
+        for path, shape in shards.items():
+            assert record["weights"][path]["shards"] == [shape] * 8, (data, fsdp, model, path)
+        assert record["weights"][EMBEDDING]["spec"] == embedding_spec
+        assert record["weights"][WI]["spec"] == ["fsdp", "model"]
+
+
+def test_checkpoint_from_one_mesh_resumes_on_another(mesh_runs):
+    root, records = mesh_runs
+    resumed, uninterrupted = root / "resumed", root / "data8"
+    assert [r["mesh"]["model"] for r in records if r.get("workdir") == str(resumed)] == [4, 1]
+    results = json.loads((resumed / "results.json").read_text())
+    assert results["resumed_from_step"] == STEPS // 2 and results["devices"]["mesh"]["data"] == 8
+    np.testing.assert_allclose(losses(resumed), losses(uninterrupted), rtol=1e-4)
+    assert results["best_step"] == json.loads((uninterrupted / "results.json").read_text())["best_step"]
+    assert_same_structure(resumed, uninterrupted)
