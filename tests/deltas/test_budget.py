@@ -16,7 +16,7 @@ def test_t5_large_backbone_count():
 
 @pytest.mark.parametrize(
     "budget, expected",
-    [(1.389e-4, 102_458), (3.48e-5, 25_669), (0.0001389, 102_458), (102_458, 102_458), (5000.0, 5000)],
+    [(1.389e-4, 102_458), (3.48e-5, 25_669), (102_458, 102_458), (5000.0, 5000)],
 )
 def test_budget_params(budget, expected):
     assert budget_params(budget, T5_LARGE) == expected
