@@ -84,10 +84,6 @@ def space_summary(candidates: Sequence[s3.Candidate]) -> str:
     return f"{len(candidates)} candidates, {sum(sizes.values()):,} parameters: {parts}"
 
 
-def chosen_of(candidates: Sequence[s3.Candidate], mask: np.ndarray) -> list[s3.Candidate]:
-    return [c for c, keep in zip(candidates, mask) if keep]
-
-
 def format_table(results: list[dict[str, Any]], metric_names: Sequence[str], backbone_size: int, seeds: Sequence[int]) -> str:
     """A markdown table: one row per method, test metrics mean +- std (ddof 1) over seeds."""
     header = ["method", "trainable params", "ratio (per 10k)"] + [f"test {m}" for m in metric_names] + [f"val {metric_names[0]}"]
@@ -123,7 +119,7 @@ class Experiment:
     budget: int
     baselines: dict[str, list[s3.Candidate]]
     schedule: training.Schedule
-    search: training.HeadedSearch
+    search: training.HeadSearch
     retrainer: training.Retrainer
     evaluator: training.Evaluator
 
@@ -150,9 +146,9 @@ def prepare(task_name: str, data_dir: str | None, model_dir: Path, budget_ratio:
         rows={split: load_split(task, split, data_dir) for split in ("train", "validation")},
         tokenizer=BertTokenizerFast.from_pretrained(str(model_dir)),
         backbone=backbone, backbone_size=backbone_size, candidates=candidates, budget=budget,
-        baselines={name: chosen_of(candidates, spaces.baseline_mask(name, positions, candidates)) for name in spaces.BASELINES},
+        baselines={name: s3.candidates_from_mask(candidates, spaces.baseline_mask(name, positions, candidates)) for name in spaces.BASELINES},
         schedule=schedule,
-        search=training.HeadedSearch(task_model, budget, schedule),
+        search=training.HeadSearch(task_model, budget, schedule),
         retrainer=training.Retrainer(task_model, schedule),
         evaluator=training.Evaluator(task_model, task),
     )
@@ -179,13 +175,13 @@ def run_seed(exp: Experiment, seed: int, timings: dict[str, float]) -> list[dict
     train = exp.encode(splits.train)
 
     t = time.time()
-    state, _ = exp.search.run(exp.backbone, data.train_batches(exp.encode(d_delta), schedule.batch_size, (seed, 1)),
+    state = exp.search.run(exp.backbone, data.train_batches(exp.encode(d_delta), schedule.batch_size, (seed, 1)),
                               data.train_batches(exp.encode(d_alpha), schedule.batch_size, (seed, 2)), seed, log)
     timings[f"search seed {seed}"] = time.time() - t
     searched = exp.search.searcher.select(state)
     log(f"seed {seed}: searched {space_summary(searched)} ({timings[f'search seed {seed}']:.0f} s)")
     sizes = np.array([c.size for c in exp.candidates])
-    random_structure = chosen_of(exp.candidates, select_random(seed, sizes, exp.budget))
+    random_structure = s3.candidates_from_mask(exp.candidates, select_random(seed, sizes, exp.budget))
     results = []
     for name, chosen in {"searched": searched, "random": random_structure, **exp.baselines}.items():
         t = time.time()

@@ -4,13 +4,10 @@ The task model is `head(encoder(x))`: the frozen BERT encoder carries the delta 
 head (masked mean pooling, dropout, one Dense) maps it to class logits or a regression score. The head
 is trained in every run and is not part of the parameter budget.
 
-The head during search. `s3.Searcher` trains only `delta` (and alpha): its `loss_fn(apply_fn, params,
-batch, key)` receives the frozen `params` unchanged, and there is no slot for extra parameters that
-are always trained. `HeadedSearch` therefore passes `params = {"backbone": ..., "head": ...}` to the
-searcher and, after every search step, takes one optimizer step of the head on the same D_delta batch,
-under a fresh Binary Concrete sample of the updated gates. The head is thus an inner-problem variable
-trained alternately with delta; the hypergradient treats it as a constant (the virtual step moves
-delta only).
+The head during search. `s3.Searcher` takes always-trained parameters outside the budget as `extra`:
+`searcher.init(key, extra=head)`, and its loss receives them as a fifth argument. The head is thus an
+inner-problem variable trained with delta (same optimizer, and moved by the hypergradient's virtual
+step), never gated and never selected.
 
 Re-training. A structure (searched, random or manual) is re-trained as the library suggests:
 `s3.with_deltas(model.apply, chosen, s3.init_delta(key, chosen))`, no gates, fresh deltas and a fresh
@@ -134,10 +131,10 @@ class TaskModel:
             per_row = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["labels"])
         return jnp.sum(per_row * batch["weights"]) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
-    def search_loss(self, apply_fn: Callable[..., Any], params: Params, batch: Batch, key: jax.Array) -> jax.Array:
-        """The Searcher's loss_fn: `params` is {"backbone": frozen encoder, "head": current head}."""
-        return self.loss(self.outputs(apply_fn, params["backbone"], params["head"], batch, key), batch)
-
+    def search_loss(self, apply_fn: Callable[..., Any], backbone: Params, batch: Batch, key: jax.Array,
+                    head: Params) -> jax.Array:
+        """The Searcher's loss_fn, with the head as its always-trained `extra`."""
+        return self.loss(self.outputs(apply_fn, backbone, head, batch, key), batch)
 
 
 def same_length(a: Batch, b: Batch) -> tuple[Batch, Batch]:
@@ -152,8 +149,8 @@ def same_length(a: Batch, b: Batch) -> tuple[Batch, Batch]:
     return pad(a), pad(b)
 
 
-class HeadedSearch:
-    """`s3.Searcher` plus one head step after every search step (see the module docstring).
+class HeadSearch:
+    """`s3.Searcher` over the encoder's deltas with the head as `extra`.
 
     Build it once per task and budget: its jitted step is reused by every seed.
     """
@@ -166,40 +163,20 @@ class HeadedSearch:
             total_steps=schedule.search_steps, settings=s3.SearchSettings(estimator=schedule.estimator),
             learning_rate=schedule.learning_rate, alpha_learning_rate=schedule.alpha_learning_rate,
         )
-        self.head_optimizer = adamw_linear_decay(schedule.learning_rate, schedule.search_steps)
-        self.step = jax.jit(self._step)
-
-    def _step(self, state: s3.SearchState, head: Params, head_opt_state: Any, backbone: Params,
-              batch_delta: Batch, batch_alpha: Batch, key: jax.Array):
-        state, metrics = self.searcher.step(state, {"backbone": backbone, "head": head}, batch_delta, batch_alpha)
-        gate_key, dropout_key = jax.random.split(key)
-        gates = s3.sample_concrete(gate_key, self.searcher.probabilities(state))
-        apply_fn = s3.with_deltas(self.task_model.model.apply, self.task_model.candidates, state.delta, gates)
-
-        def head_loss(h):
-            return self.task_model.search_loss(apply_fn, {"backbone": backbone, "head": h}, batch_delta, dropout_key)
-
-        loss, grads = jax.value_and_grad(head_loss)(head)
-        updates, head_opt_state = self.head_optimizer.update(grads, head_opt_state, head)
-        return state, optax.apply_updates(head, updates), head_opt_state, {**metrics, "loss_head": loss}
 
     def run(self, backbone: Params, d_delta: Iterator[Batch], d_alpha: Iterator[Batch], seed: int,
-            log: Callable[[str], None] = print) -> tuple[s3.SearchState, Params]:
-        """`search_steps` steps from fresh deltas, alpha = 0 and a fresh head; returns (state, head)."""
-        key = jax.random.key(seed)
-        state_key, head_key, step_key = jax.random.split(key, 3)
-        state = self.searcher.init(state_key)
-        head = self.task_model.init_head(head_key)
-        head_opt_state = self.head_optimizer.init(head)
+            log: Callable[[str], None] = print) -> s3.SearchState:
+        """`search_steps` steps from fresh deltas, alpha = 0 and a fresh head (in `state.extra`)."""
+        state_key, head_key = jax.random.split(jax.random.key(seed))
+        state = self.searcher.init(state_key, extra=self.task_model.init_head(head_key))
         start = time.time()
         for step in range(self.schedule.search_steps):
             batch_delta, batch_alpha = same_length(next(d_delta), next(d_alpha))
-            state, head, head_opt_state, metrics = self.step(
-                state, head, head_opt_state, backbone, batch_delta, batch_alpha, jax.random.fold_in(step_key, step))
+            state, metrics = self.searcher.step(state, backbone, batch_delta, batch_alpha)
             if (step + 1) % max(self.schedule.search_steps // 5, 1) == 0:
                 log(f"  search step {step + 1}/{self.schedule.search_steps}: loss_delta {float(metrics['loss_delta']):.4f} "
                     f"loss_alpha {float(metrics['loss_alpha']):.4f} ({time.time() - start:.0f} s)")
-        return state, head
+        return state
 
 
 Structure = tuple[s3.Candidate, ...]

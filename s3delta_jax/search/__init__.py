@@ -13,14 +13,18 @@
     chosen = searcher.select(state)                               # list of Candidates
 
 `loss_fn(apply_fn, params, batch, dropout_key)` computes the task loss with `apply_fn`, which has the
-signature of `model.apply` and already carries the gated deltas. Re-train the chosen structure with
+signature of `model.apply` and already carries the gated deltas. Parameters that must always train
+outside the budget (a task head) go in `searcher.init(key, extra=head)` and reach the loss as a fifth
+argument, `loss_fn(apply_fn, params, batch, dropout_key, extra)`. Re-train the chosen structure with
 `s3.with_deltas(model.apply, chosen, s3.init_delta(key, chosen))` (no gates) and any optimizer.
 """
 
 from s3delta_jax.deltas import (
     Candidate,
+    Position,
     Rule,
     budget_params,
+    candidates_from_mask,
     discover_positions,
     expand,
     init_delta,
@@ -35,8 +39,8 @@ from s3delta_jax.search.searcher import Searcher
 from s3delta_jax.search.step import SearchSettings, SearchState, make_search_step
 
 __all__ = [
-    "BudgetError", "Candidate", "Rule", "SearchSettings", "SearchState", "Searcher", "budget_params",
-    "discover_positions", "expand", "gate_probabilities", "init_delta", "load_structure", "make_search_step",
-    "register_norm", "sample_concrete", "save_structure", "solve_zeta", "structure_from_candidates",
-    "with_deltas",
+    "BudgetError", "Candidate", "Position", "Rule", "SearchSettings", "SearchState", "Searcher", "budget_params",
+    "candidates_from_mask", "discover_positions", "expand", "gate_probabilities", "init_delta", "load_structure",
+    "make_search_step", "register_norm", "sample_concrete", "save_structure", "solve_zeta",
+    "structure_from_candidates", "with_deltas",
 ]

@@ -9,6 +9,11 @@
 
 `loss_fn(apply_fn, params, batch, dropout_key) -> scalar` is the user's task loss, written against
 `apply_fn`, which has the signature of `model.apply` and carries the gated delta modules.
+
+Parameters that are always trained and outside the budget (a task head on an encoder) go into
+`searcher.init(key, extra=head_params)`; the loss then takes them last,
+`loss_fn(apply_fn, params, batch, dropout_key, extra)`, and they train with delta (same optimizer,
+and part of the virtual step), never gated, never selected. `state.extra` holds them.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ class Searcher:
     Attributes:
       model_apply: the model's `apply`.
       candidates: the expanded search space (`expand(space, positions).candidates`).
-      loss_fn: `(apply_fn, params, batch, dropout_key) -> scalar`.
+      loss_fn: `(apply_fn, params, batch, dropout_key) -> scalar`, with `extra` as a fifth argument
+        when the state has one.
       budget: B in parameters (`budget_params` turns a ratio into a count).
       total_steps: length of the linear learning-rate decays.
       settings: estimator, virtual step, tau, gate mode, clipping (defaults: the reference).
@@ -66,11 +72,13 @@ class Searcher:
             self.delta_optimizer, self.alpha_optimizer, delta_schedule,
         ))
 
-    def init(self, rng: jax.Array) -> SearchState:
-        """Fresh delta weights (reference initialisations), alpha = 0, optimizer states."""
+    def init(self, rng: jax.Array, extra: Any = None) -> SearchState:
+        """Fresh delta weights (reference initialisations), alpha = 0, optimizer states; `extra`: the
+        always-trained parameters, if any (see the module docstring)."""
         init_key, state_key = jax.random.split(rng)
         delta = init_delta(init_key, self.candidates)
-        return init_search_state(delta, len(self.candidates), self.delta_optimizer, self.alpha_optimizer, state_key)
+        return init_search_state(delta, len(self.candidates), self.delta_optimizer, self.alpha_optimizer, state_key,
+                                 extra=extra)
 
     def probabilities(self, state: SearchState) -> jax.Array:
         """p f32[N]: the gate probabilities at the budget."""

@@ -64,7 +64,13 @@ class SearchSettings:
 
 
 class SearchState(flax.struct.PyTreeNode):
-    """Everything the search step updates. `alpha` is f32[N], one scalar per candidate."""
+    """Everything the search step updates. `alpha` is f32[N], one scalar per candidate.
+
+    `extra` (None, or any pytree) holds parameters that are always trained, never gated and outside the
+    budget (a task head). With it, the inner problem's variables are delta and extra together: the
+    virtual step, the hypergradient's direction v and the delta optimizer (`delta_opt_state`) cover
+    both, as DARTS treats every weight it trains.
+    """
 
     step: jax.Array
     delta: Any
@@ -72,6 +78,22 @@ class SearchState(flax.struct.PyTreeNode):
     delta_opt_state: Any
     alpha_opt_state: Any
     rng: jax.Array
+    extra: Any = None
+
+    @property
+    def weights(self) -> Any:
+        """The inner problem's variables: delta, or {"delta": delta, "extra": extra} when extra is set."""
+        return inner_weights(self.delta, self.extra)
+
+
+def inner_weights(delta: Any, extra: Any) -> Any:
+    """delta alone, or {"delta": delta, "extra": extra} (the pytree the delta optimizer updates)."""
+    return delta if extra is None else {"delta": delta, "extra": extra}
+
+
+def split_inner_weights(weights: Any, has_extra: bool) -> tuple[Any, Any]:
+    """The inverse of `inner_weights`: (delta, extra or None)."""
+    return (weights["delta"], weights["extra"]) if has_extra else (weights, None)
 
 
 def adamw_with_linear_decay(learning_rate: float, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -86,16 +108,18 @@ def init_search_state(
     delta_optimizer: optax.GradientTransformation,
     alpha_optimizer: optax.GradientTransformation,
     rng: jax.Array,
+    extra: Any = None,
 ) -> SearchState:
-    """alpha starts at 0 for every candidate (reference section 3)."""
+    """alpha starts at 0 for every candidate (reference section 3); `extra`: see SearchState."""
     alpha = jnp.zeros((num_candidates,), jnp.float32)
     return SearchState(
         step=jnp.zeros((), jnp.int32),
         delta=delta,
         alpha=alpha,
-        delta_opt_state=delta_optimizer.init(delta),
+        delta_opt_state=delta_optimizer.init(inner_weights(delta, extra)),
         alpha_opt_state=alpha_optimizer.init(alpha),
         rng=rng,
+        extra=extra,
     )
 
 
@@ -120,7 +144,8 @@ def make_search_step(
     """Builds `step(state, params, batch_delta, batch_alpha) -> (state, metrics)`.
 
     Args:
-      loss_fn: `(apply_fn, params, batch, dropout_key) -> scalar`, the task loss of the user's model.
+      loss_fn: `(apply_fn, params, batch, dropout_key) -> scalar`, the task loss of the user's model;
+        when the state carries `extra`, `(apply_fn, params, batch, dropout_key, extra) -> scalar`.
       model_apply: the model's `apply` (e.g. `model.apply`).
       candidates: the expanded search space; `candidates[i].index == i`.
       sizes: f32[N] parameter counts |delta_i|.
@@ -131,8 +156,10 @@ def make_search_step(
     """
     sizes = jnp.asarray(sizes, jnp.float32)
 
-    def task_loss(params, delta, z, batch, key):
-        return loss_fn(with_deltas(model_apply, candidates, delta, z), params, batch, key)
+    def task_loss(params, weights, has_extra, z, batch, key):
+        delta, extra = split_inner_weights(weights, has_extra)
+        apply_fn = with_deltas(model_apply, candidates, delta, z)
+        return loss_fn(apply_fn, params, batch, key, extra) if has_extra else loss_fn(apply_fn, params, batch, key)
 
     def concrete_sampler(alpha, key):
         """One Binary Concrete sample z-hat(alpha) f32[N]: u and zeta are fixed by `key` and the
@@ -155,16 +182,17 @@ def make_search_step(
         xi = delta_lr_schedule(state.step)
 
         sample = concrete_sampler(state.alpha, sample_key)
+        has_extra = state.extra is not None
 
-        def objective(delta, alpha, batch, key):
-            return task_loss(params, delta, sample(alpha), batch, key)
+        def objective(weights, alpha, batch, key):
+            return task_loss(params, weights, has_extra, sample(alpha), batch, key)
 
         virtual_step = hypergrad.make_virtual_step(
             settings.virtual_step, delta_optimizer, state.delta_opt_state, xi
         )
         grad_alpha, aux = hypergrad.hypergradient(
             objective,
-            state.delta,
+            state.weights,
             state.alpha,
             batch_delta,
             batch_alpha,
@@ -183,11 +211,11 @@ def make_search_step(
 
         z = concrete_sampler(alpha, resample_key)(alpha)
         loss_delta, grad_delta = jax.value_and_grad(task_loss, argnums=1)(
-            params, state.delta, z, batch_delta, delta_dropout_key
+            params, state.weights, has_extra, z, batch_delta, delta_dropout_key
         )
         grad_delta = clip_by_global_norm(grad_delta, settings.clip_norm)
-        delta_updates, delta_opt_state = delta_optimizer.update(grad_delta, state.delta_opt_state, state.delta)
-        delta = optax.apply_updates(state.delta, delta_updates)
+        delta_updates, delta_opt_state = delta_optimizer.update(grad_delta, state.delta_opt_state, state.weights)
+        delta, extra = split_inner_weights(optax.apply_updates(state.weights, delta_updates), has_extra)
 
         new_state = SearchState(
             step=state.step + 1,
@@ -196,6 +224,7 @@ def make_search_step(
             delta_opt_state=delta_opt_state,
             alpha_opt_state=alpha_opt_state,
             rng=rng,
+            extra=extra,
         )
         metrics = {
             "loss_delta": loss_delta,

@@ -149,7 +149,7 @@ def test_head_is_trained_during_search(tiny_bert_dir):
     candidates = s3.expand([spaces.BASELINES["lnfit"]], positions_of(model)).candidates  # 3 x 32 parameters
     task_model = training.TaskModel(model, candidates, num_outputs=2, backbone_dropout=True)
     schedule = dataclasses.replace(run.SCHEDULES["short"], search_steps=4)
-    search = training.HeadedSearch(task_model, budget=40, schedule=schedule)
+    search = training.HeadSearch(task_model, budget=40, schedule=schedule)
     rng = np.random.default_rng(0)
 
     def batch():
@@ -157,15 +157,13 @@ def test_head_is_trained_during_search(tiny_bert_dir):
                 "token_type_ids": np.zeros((4, 16), np.int32), "labels": np.array([0, 1, 1, 0], np.int32),
                 "weights": np.ones(4, np.float32)}
 
-    state = search.searcher.init(jax.random.key(0))
     head = task_model.init_head(jax.random.key(1))
-    new_state, new_head, head_opt_state = state, head, search.head_optimizer.init(head)
-    for step in range(2):  # LNFit starts at zero, so alpha gets a gradient from the second step on
-        new_state, new_head, head_opt_state, metrics = search.step(
-            new_state, new_head, head_opt_state, backbone, batch(), batch(), jax.random.key(step))
-    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), head, new_head)
+    state = search.searcher.init(jax.random.key(0), extra=head)
+    for _ in range(2):  # LNFit starts at zero, so alpha gets a gradient from the second step on
+        state, metrics = search.searcher.step(state, backbone, batch(), batch())
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), head, state.extra)
     assert all(jax.tree_util.tree_leaves(moved)), moved
-    assert np.all(np.asarray(new_state.alpha) != 0) and np.isfinite(float(metrics["loss_head"]))
+    assert np.all(np.asarray(state.alpha) != 0) and np.isfinite(float(metrics["loss_delta"]))
 
 
 @pytest.fixture

@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import s3delta_jax.search as s3
 from s3delta_jax.models import t5
+from s3delta_jax.search.step import init_search_state
 
 CONFIG = t5.get_config("t5-small", d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1,
                        num_decoder_layers=1, vocab_size=40, dropout_rate=0.0)
@@ -85,3 +87,61 @@ def test_p_of_the_helpful_candidate_rises_over_100_steps(setup):
     assert p_end[helpful] > p_start[helpful] + 0.3
     assert p_end[helpful] == p_end.max()
     assert [c.name for c in searcher.select(state)] == [HELPFUL]
+
+
+def loss_with_logit_bias(apply_fn, params, batch, dropout_key, extra):
+    """loss_fn with always-trained `extra`: a bias f32[vocab] added to the logits (a tiny task head)."""
+    decoder_input_ids = t5.shift_right(batch["labels"], 0, 0)
+    logits = apply_fn({"params": params}, batch["input_ids"], batch["attention_mask"], decoder_input_ids,
+                      deterministic=False, rngs={"dropout": dropout_key})
+    return t5.cross_entropy_loss(logits + extra["logit_bias"], batch["labels"])
+
+
+def test_extra_trains_with_delta_outside_the_budget(setup):
+    params, candidates = setup
+    searcher = s3.Searcher(MODEL.apply, candidates, loss_with_logit_bias, budget=CONFIG.d_model, total_steps=100,
+                           settings=s3.SearchSettings(estimator="second_order_fd"), learning_rate=0.1)
+    state = searcher.init(jax.random.PRNGKey(0), extra={"logit_bias": jnp.zeros((CONFIG.vocab_size,))})
+    losses = []
+    for i in range(30):
+        state, metrics = searcher.step(state, params, batch(2 * i), batch(2 * i + 1))
+        losses.append(float(metrics["loss_delta"]))
+    bias = np.asarray(state.extra["logit_bias"])
+    # The bias learns the target tokens (7, then EOS = 1) and the loss falls; the budget holds for the deltas alone.
+    assert set(np.argsort(bias)[-2:]) == {1, 7} and losses[-1] < 0.5 * losses[0]
+    sizes = np.array([c.size for c in candidates])
+    np.testing.assert_allclose((np.asarray(searcher.probabilities(state)) * sizes).sum(), CONFIG.d_model, rtol=1e-4)
+    assert {c.name for c in searcher.select(state)} <= {c.name for c in candidates}
+
+
+def test_extra_takes_part_in_the_virtual_step(setup):
+    """First order never looks past the current weights, so extra held in the state and the same values
+    closed over as constants give the same alpha; second order differentiates through a virtual step
+    that moves extra too, so the two differ."""
+    params, candidates = setup
+    bias = {"logit_bias": jax.random.normal(jax.random.PRNGKey(3), (CONFIG.vocab_size,))}
+
+    def with_constant_bias(apply_fn, params, batch, dropout_key):
+        return loss_with_logit_bias(apply_fn, params, batch, dropout_key, bias)
+
+    def alpha_after_one_step(estimator, loss, extra):
+        """alpha after one step of plain SGD (lr 1, no clipping) on it: minus the hypergradient."""
+        sizes = np.array([c.size for c in candidates])
+        settings = s3.SearchSettings(estimator=estimator, virtual_step="sgd", clip_norm=1e9)
+        delta_optimizer = optax.sgd(1.0)
+        step = jax.jit(s3.make_search_step(loss, MODEL.apply, candidates, sizes, CONFIG.d_model, settings,
+                                           delta_optimizer, optax.sgd(1.0), lambda count: 1.0))
+        delta = s3.init_delta(jax.random.PRNGKey(1), candidates)
+        state = init_search_state(delta, len(candidates), delta_optimizer, optax.sgd(1.0), jax.random.PRNGKey(0),
+                                  extra=extra)
+        state, _ = step(state, params, batch(0), batch(1))
+        return np.asarray(state.alpha), state
+
+    alpha_state, state = alpha_after_one_step("first_order", loss_with_logit_bias, bias)
+    alpha_constant, _ = alpha_after_one_step("first_order", with_constant_bias, None)
+    np.testing.assert_allclose(alpha_state, alpha_constant, atol=1e-6)
+    assert not np.allclose(np.asarray(state.extra["logit_bias"]), np.asarray(bias["logit_bias"]))
+
+    second_state, _ = alpha_after_one_step("second_order_exact", loss_with_logit_bias, bias)
+    second_constant, _ = alpha_after_one_step("second_order_exact", with_constant_bias, None)
+    assert np.abs(second_state - second_constant).max() > 1e-2 * np.abs(second_constant).max()
