@@ -11,9 +11,9 @@ The classification head is trained in every run and is not counted in the parame
 
     python -m examples.minilm.run --task mrpc --data_dir ../shared/data/glue/MRPC --schedule short
 
-The short schedule takes 30 minutes of CPU time (40 minutes wall on a shared 2-core machine, see
-README.md); the full one is the paper's MRPC protocol (20 epochs of search and of re-training, batch
-32, lr 3e-4, 4 seeds) and wants a GPU.
+The short schedule takes 15 minutes on an idle 2-core CPU (26 CPU-minutes, see README.md); the full
+one is the paper's MRPC protocol (20 epochs of search and of re-training, batch 32, lr 3e-4, 4 seeds)
+and wants a GPU.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from s3delta_jax.data import (
 from s3delta_jax.search.select import select_random
 
 SCHEDULES: dict[str, training.Schedule] = {
-    # 2-core CPU, 30 minutes of CPU time: each re-training sees 960 examples (about a quarter
+    # 2-core CPU, 15 minutes (measured idle): each re-training sees 960 examples (about a quarter
     # of an epoch of MRPC), the search 640 of each half; first-order hypergradients; lr 3e-3 (from
     # probes of 3e-3 and 1e-2 on seed 0's validation split, equal within noise).
     "short": training.Schedule(seeds=(0, 1, 2), batch_size=16, max_length=128, search_steps=40, retrain_steps=60,
