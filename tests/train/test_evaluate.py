@@ -35,13 +35,14 @@ def make_evaluator(task, tokenizer, method):
 def test_rank_predicts_the_label_with_the_highest_likelihood(setup):
     task, examples, tokenizer, encoded, params = setup
     metrics, predictions = make_evaluator(task, tokenizer, "rank")(params, None, examples, encoded)
+    apply = jax.jit(MODEL.apply)  # one example and one target at a time: compiled once per pair of lengths
     expected = []
     for example in examples:
         source = jnp.asarray([tokenizer.encode(example.source)])
         scores = []
         for target in task.target_strings():
             labels = jnp.asarray([tokenizer.encode(target)])
-            logits = MODEL.apply({"params": params}, source, jnp.ones_like(source), t5.shift_right(labels, 0, 0))
+            logits = apply({"params": params}, source, jnp.ones_like(source), t5.shift_right(labels, 0, 0))
             log_probs = jax.nn.log_softmax(logits[0], axis=-1)
             scores.append(float(jnp.take_along_axis(log_probs, labels[0][:, None], axis=-1).sum()))
         expected.append(task.target_strings()[int(np.argmax(scores))])
@@ -52,10 +53,11 @@ def test_rank_predicts_the_label_with_the_highest_likelihood(setup):
 def test_generate_predicts_the_greedy_decoding(setup):
     task, examples, tokenizer, encoded, params = setup
     _, predictions = make_evaluator(task, tokenizer, "generate")(params, None, examples, encoded)
+    decode = jax.jit(lambda source: t5.greedy_decode(MODEL.apply, params, source, jnp.ones_like(source), 6, CONFIG))
     expected = []
     for example in examples:
         source = jnp.asarray([tokenizer.encode(example.source)])
-        tokens = t5.greedy_decode(MODEL.apply, params, source, jnp.ones_like(source), 6, CONFIG)
+        tokens = decode(source)
         expected.append(tokenizer.decode(np.asarray(tokens[0])))
     assert predictions == expected
 
