@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
             space="s3pet_mix",
             budget=1.389e-4,  # < 1: a ratio of the backbone parameter count; >= 1: an absolute count
             estimator="second_order_fd",  # or second_order_exact, first_order
+            fd_dropout="independent",  # second_order_fd: new dropout masks per pass (reference) or "shared"
             virtual_step="adam",  # or sgd (the paper's eq. 11)
             tau=1.0,
             gate_mode="global",  # or local, l0 (ablations)

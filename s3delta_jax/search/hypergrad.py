@@ -11,7 +11,10 @@ With an SGD virtual step delta' = delta - xi * g the chain rule gives
 
 with v = grad_delta' L(b_alpha; delta', alpha). The estimators differ only in how `H v` is formed:
 
-  * ``second_order_fd``: central finite difference, eps = 0.01 / (||v|| + 1e-6) (the reference).
+  * ``second_order_fd``: central finite difference, eps = 0.01 / (||v|| + 1e-6) (the reference). The
+    reference draws a new dropout mask in each of its two passes (``fd_dropout="independent"``); their
+    gradients then differ by O(1) before the 1 / (2 eps), so with dropout on the term is mostly noise.
+    ``fd_dropout="shared"`` gives both passes the same mask, as a finite difference wants.
   * ``second_order_exact``: forward-over-reverse, `jax.jvp` of `jax.grad` in the direction v.
   * ``first_order``: xi = 0 and no virtual step (DARTS first order): dF/dalpha = grad_alpha L(b_alpha; delta, alpha).
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 Objective = Callable[[Any, jax.Array, Any, jax.Array], jax.Array]
@@ -32,6 +36,7 @@ VirtualStep = Callable[[Any, Any], Any]
 
 ESTIMATORS = ("second_order_fd", "second_order_exact", "first_order")
 VIRTUAL_STEPS = ("adam", "sgd")
+FD_DROPOUT = ("independent", "shared")
 FD_EPSILON_NUMERATOR = 0.01
 
 
@@ -39,6 +44,12 @@ def check_estimator(name: str) -> None:
     """Raises ValueError for an unknown estimator name."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown hypergradient estimator {name!r}: use one of {', '.join(ESTIMATORS)}")
+
+
+def check_fd_dropout(name: str) -> None:
+    """Raises ValueError for an unknown dropout policy of the finite-difference passes."""
+    if name not in FD_DROPOUT:
+        raise ValueError(f"unknown fd_dropout {name!r}: use one of {', '.join(FD_DROPOUT)}")
 
 
 def sgd_virtual_step(xi: jax.Array) -> VirtualStep:
@@ -71,6 +82,7 @@ def hypergradient(
     estimator: str,
     virtual_step: VirtualStep,
     xi: jax.Array,
+    fd_dropout: str = "independent",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Gradient of the one-step-unrolled validation loss with respect to alpha.
 
@@ -83,11 +95,14 @@ def hypergradient(
       estimator: one of ESTIMATORS.
       virtual_step: `(delta, grads) -> delta'`; unused by ``first_order``.
       xi: scale of the Hessian term (the current delta learning rate).
+      fd_dropout: ``second_order_fd`` only: 'independent' (reference: keys 2 and 3 for the two passes)
+        or 'shared' (key 2 for both, the key ``second_order_exact`` uses for its Hessian term).
 
     Returns:
       (grad_alpha f32[N], aux) with aux = {'loss_alpha': L(b_alpha; delta', alpha)}.
     """
     check_estimator(estimator)
+    check_fd_dropout(fd_dropout)
     if estimator == "first_order":
         loss, grad_alpha = jax.value_and_grad(objective, argnums=1)(delta, alpha, batch_alpha, dropout_keys[0])
         return grad_alpha, {"loss_alpha": loss}
@@ -100,7 +115,8 @@ def hypergradient(
     if estimator == "second_order_exact":
         hvp = _mixed_hvp_exact(objective, delta, alpha, batch_delta, dropout_keys[2], v)
     else:
-        hvp = _mixed_hvp_finite_difference(objective, delta, alpha, batch_delta, dropout_keys[2:4], v)
+        fd_keys = dropout_keys[2:4] if fd_dropout == "independent" else dropout_keys[jnp.array([2, 2])]
+        hvp = _mixed_hvp_finite_difference(objective, delta, alpha, batch_delta, fd_keys, v)
     return grad_alpha_direct - xi * hvp, {"loss_alpha": loss}
 
 

@@ -43,6 +43,8 @@ class SearchSettings:
       gate_mode: 'global' (reference), 'local' or 'l0' (paper ablations).
       l0_weight: lambda0, the weight of the L0 penalty (expected count of nonzero gates) in 'l0' mode.
       clip_norm: global-norm clipping of the alpha and the delta gradients, separately.
+      fd_dropout: 'independent' (reference) or 'shared' dropout masks in the two finite-difference
+        passes of 'second_order_fd' (see hypergrad).
     """
 
     estimator: str = "second_order_fd"
@@ -51,9 +53,11 @@ class SearchSettings:
     gate_mode: str = "global"
     l0_weight: float = 0.0
     clip_norm: float = 2.0
+    fd_dropout: str = "independent"
 
     def __post_init__(self):
         hypergrad.check_estimator(self.estimator)
+        hypergrad.check_fd_dropout(self.fd_dropout)
         if self.virtual_step not in hypergrad.VIRTUAL_STEPS:
             raise ValueError(
                 f"unknown virtual step {self.virtual_step!r}: use one of {', '.join(hypergrad.VIRTUAL_STEPS)}"
@@ -200,6 +204,7 @@ def make_search_step(
             estimator=settings.estimator,
             virtual_step=virtual_step,
             xi=xi,
+            fd_dropout=settings.fd_dropout,
         )
         if settings.gate_mode == "l0":
             grad_alpha = grad_alpha + settings.l0_weight * jax.grad(

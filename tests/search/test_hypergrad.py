@@ -111,3 +111,34 @@ def test_adam_virtual_step_is_one_step_of_the_live_optimizer_without_touching_it
 def test_unknown_estimator_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown hypergradient estimator 'second_order'"):
         hypergrad.check_estimator("second_order")
+
+
+def objective_with_dropout(delta, alpha, batch, key):
+    """`objective` on inputs under inverted dropout (rate 0.3) drawn from `key`."""
+    keep = jax.random.bernoulli(key, 0.7, batch["x"].shape)
+    return objective(delta, alpha, {**batch, "x": jnp.where(keep, batch["x"] / 0.7, 0.0)}, None)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shared_fd_dropout_matches_the_exact_term_and_independent_does_not(seed):
+    """With dropout, the finite difference of the reference (a new mask per pass) is off by far more
+    than its step; with one shared mask it matches the exact jvp taken under that same mask."""
+    delta, alpha, batch_delta, batch_alpha = make_problem(seed)
+
+    def estimate(estimator, fd_dropout="independent"):
+        return hypergrad.hypergradient(
+            objective_with_dropout, delta, alpha, batch_delta, batch_alpha, KEYS, estimator=estimator,
+            virtual_step=hypergrad.sgd_virtual_step(jnp.float32(0.05)), xi=jnp.float32(0.05), fd_dropout=fd_dropout,
+        )[0]
+
+    exact = np.asarray(estimate("second_order_exact"))
+    shared = np.asarray(estimate("second_order_fd", "shared"))
+    independent = np.asarray(estimate("second_order_fd", "independent"))
+    scale = np.abs(exact).max()
+    assert np.abs(shared - exact).max() < 1e-3 * scale
+    assert np.abs(independent - exact).max() > 1e-1 * scale
+
+
+def test_unknown_fd_dropout_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown fd_dropout 'same'.*independent, shared"):
+        hypergrad.check_fd_dropout("same")

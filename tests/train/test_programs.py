@@ -128,6 +128,7 @@ def test_paper_mrpc_config_runs_on_a_local_hf_checkpoint_and_real_mrpc(tmp_path,
 @pytest.mark.parametrize("extra,message", [
     (["--config.search.no_such_field=1"], "no_such_field"),
     (["--config.search.budget=1"], "budget"),
+    (["--config.search.fd_dropout=same"], "fd_dropout"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, program_env, extra, message):
     done = run(command("run_search.py", "configs/mrpc.py:smoke", tmp_path, *extra), program_env)
