@@ -64,6 +64,13 @@ PASSES_PER_STEP = {
     "second_order_exact": "3 fwd+bwd + 1 jvp of grad (grad delta; grad delta', alpha on b_alpha; "
                           "jvp over delta of grad alpha; grad delta)",
 }
+# With delta_gradient='reuse' the second-order steps drop their last pass (the delta update reuses the first).
+REUSED_PASSES_PER_STEP = {
+    "second_order_fd": "4 fwd+bwd (grad delta, reused for the update; grad delta', alpha on b_alpha; "
+                       "grad alpha at delta +- eps v)",
+    "second_order_exact": "2 fwd+bwd + 1 jvp of grad (grad delta, reused for the update; grad delta', alpha on "
+                          "b_alpha; jvp over delta of grad alpha)",
+}
 # Measured in this order, smallest expected memory first, so that on a GPU the process's running
 # peak after each step is that step's own peak.
 ESTIMATOR_ORDER = ("first_order", "second_order_fd", "second_order_exact")
@@ -114,15 +121,28 @@ def retrain_runner(setup: Setup, candidates: Sequence[Candidate], seed: int = 1)
     return Runner(step, (state, setup.params, setup.batch_delta), threads_state=True)
 
 
+def delta_gradient_of(case: Case, estimator: str) -> str:
+    """The case's delta_gradient for a second-order estimator; first_order has only 'resample'."""
+    return "resample" if estimator == "first_order" else case.delta_gradient
+
+
+def passes_per_step(case: Case, estimator: str) -> str:
+    if delta_gradient_of(case, estimator) == "reuse":
+        return REUSED_PASSES_PER_STEP[estimator]
+    return PASSES_PER_STEP[estimator]
+
+
 def search_runner(setup: Setup, estimator: str, seed: int = 2) -> Runner:
-    """The search step over every candidate with `estimator` (reference settings otherwise)."""
+    """The search step over every candidate with `estimator` (reference settings, except the case's
+    delta_gradient for the second-order estimators)."""
     delta_optimizer, schedule = adamw_with_linear_decay(LEARNING_RATE, SCHEDULE_STEPS)
     alpha_optimizer, _ = adamw_with_linear_decay(ALPHA_LEARNING_RATE, SCHEDULE_STEPS)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
     state = init_search_state(init_delta(init_key, setup.candidates), len(setup.candidates), delta_optimizer,
                               alpha_optimizer, state_key)
     step = make_search_step(setup.loss_fn, setup.model.apply, setup.candidates, setup.sizes, setup.budget,
-                            SearchSettings(estimator=estimator), delta_optimizer, alpha_optimizer, schedule)
+                            SearchSettings(estimator=estimator, delta_gradient=delta_gradient_of(setup.case, estimator)),
+                            delta_optimizer, alpha_optimizer, schedule)
     return Runner(step, (state, setup.params, setup.batch_delta, setup.batch_alpha), threads_state=True)
 
 
@@ -226,7 +246,8 @@ def measure_case(case: Case, estimators: Sequence[str] = ESTIMATORS,
     search = {
         estimator: {
             **result,
-            "passes_per_step": PASSES_PER_STEP[estimator],
+            "passes_per_step": passes_per_step(case, estimator),
+            "delta_gradient": delta_gradient_of(case, estimator),
             "search_over_retrain_time": result["median_step_seconds"] / retrain["median_step_seconds"],
             **memory_ratios(result, retrain),
             "search_over_retrain_compile_time": result["compile_seconds"] / retrain["compile_seconds"],
@@ -341,7 +362,7 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
     if args.dtype:
         cases = [dataclasses.replace(c, dtype=d) for c in cases for d in args.dtype.split(",")]
     names = ("batch_size", "source_length", "target_length", "steps", "warmup", "budget", "num_layers",
-             "dropout_rate", "space", "profile", "peer")
+             "dropout_rate", "space", "profile", "peer", "delta_gradient")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.all_layers:
         overrides["num_layers"] = None
@@ -366,6 +387,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the model's own depth (undo a preset's --num-layers)")
     parser.add_argument("--dropout-rate", type=float, help="default 0.1, as in the reference")
     parser.add_argument("--space", help="search space preset (default s3pet_mix)")
+    parser.add_argument("--delta-gradient", choices=("resample", "reuse"),
+                        help="second-order steps: the delta update's own pass (reference, default) or reuse the "
+                        "virtual step's gradient")
     parser.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
                         help="time the pieces of the steps (default: the preset's choice)")

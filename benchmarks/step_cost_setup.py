@@ -23,6 +23,7 @@ from s3delta_jax.deltas import (
 from s3delta_jax.models import t5
 from s3delta_jax.search import gates
 from s3delta_jax.search.select import select_greedy
+from s3delta_jax.search.step import DELTA_GRADIENTS
 from s3delta_jax.train.setup import DTYPES, seq2seq_loss
 
 # configs/base.py:smoke's tiny T5 (byte vocabulary), as overrides of t5-small.
@@ -53,6 +54,7 @@ class Case:
         rules as `deltas.expand` takes them (a tuple of passes, each a tuple of Rules).
       profile: also time the pieces of the steps (step_cost_pieces.py).
       peer: also time the PEFT peer (peft_peer.py).
+      delta_gradient: 'resample' (reference) or 'reuse' for the second-order search steps (SearchSettings).
     """
 
     model: str
@@ -68,6 +70,7 @@ class Case:
     space: str | tuple[tuple[Rule, ...], ...] = "s3pet_mix"
     profile: bool = False
     peer: bool = True
+    delta_gradient: str = "resample"
 
     def __post_init__(self):
         if self.model != "tiny":
@@ -84,6 +87,8 @@ class Case:
                              f"got {self.warmup}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        if self.delta_gradient not in DELTA_GRADIENTS:
+            raise ValueError(f"delta_gradient {self.delta_gradient!r} is not one of {', '.join(DELTA_GRADIENTS)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
 
@@ -97,8 +102,9 @@ class Case:
     @property
     def label(self) -> str:
         layers = "" if self.num_layers is None else f" ({self.num_layers}+{self.num_layers} layers)"
+        reuse = ", delta gradient reused" if self.delta_gradient == "reuse" else ""
         return (f"{self.model}{layers} {self.dtype} batch {self.batch_size} src {self.source_length} "
-                f"tgt {self.target_length}")
+                f"tgt {self.target_length}{reuse}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,7 +99,9 @@ def hypergradient(
         or 'shared' (key 2 for both, the key ``second_order_exact`` uses for its Hessian term).
 
     Returns:
-      (grad_alpha f32[N], aux) with aux = {'loss_alpha': L(b_alpha; delta', alpha)}.
+      (grad_alpha f32[N], aux) with aux = {'loss_alpha': L(b_alpha; delta', alpha)}; the second-order
+      estimators add the virtual step's 'loss_delta' = L(b_delta; delta, alpha) and its gradient
+      'grad_delta' (a pytree like delta).
     """
     check_estimator(estimator)
     check_fd_dropout(fd_dropout)
@@ -107,7 +109,7 @@ def hypergradient(
         loss, grad_alpha = jax.value_and_grad(objective, argnums=1)(delta, alpha, batch_alpha, dropout_keys[0])
         return grad_alpha, {"loss_alpha": loss}
 
-    grad_delta = jax.grad(objective)(delta, alpha, batch_delta, dropout_keys[0])
+    loss_delta, grad_delta = jax.value_and_grad(objective)(delta, alpha, batch_delta, dropout_keys[0])
     delta_virtual = virtual_step(delta, grad_delta)
     loss, (v, grad_alpha_direct) = jax.value_and_grad(objective, argnums=(0, 1))(
         delta_virtual, alpha, batch_alpha, dropout_keys[1]
@@ -117,7 +119,7 @@ def hypergradient(
     else:
         fd_keys = dropout_keys[2:4] if fd_dropout == "independent" else dropout_keys[jnp.array([2, 2])]
         hvp = _mixed_hvp_finite_difference(objective, delta, alpha, batch_delta, fd_keys, v)
-    return grad_alpha_direct - xi * hvp, {"loss_alpha": loss}
+    return grad_alpha_direct - xi * hvp, {"loss_alpha": loss, "loss_delta": loss_delta, "grad_delta": grad_delta}
 
 
 def _grad_alpha(objective: Objective, delta, alpha, batch, key) -> jax.Array:

@@ -6,7 +6,8 @@ In order (reference section 4, design section 4):
   2. hypergradient of the D_alpha loss with respect to alpha (the chosen estimator);
   3. clip it to the global norm, one alpha optimizer step;
   4. a fresh sample with zeta re-solved for the updated alpha; the D_delta loss gradient with
-     respect to delta, clipped, one delta optimizer step.
+     respect to delta, clipped, one delta optimizer step. (With `delta_gradient='reuse'` the
+     second-order estimators' virtual-step gradient is used instead: one pass fewer.)
 The backbone `params` is only read: nothing differentiates with respect to it.
 """
 
@@ -23,13 +24,14 @@ import optax
 from s3delta_jax.deltas.inject import with_deltas
 from s3delta_jax.search import gates, hypergrad
 
-# loss_fn(apply_fn, params, batch, dropout_key) -> scalar, where apply_fn has the signature of the
-# user's `model.apply` and already carries the gated delta modules.
 # Hard-concrete stretch (low, high) of the 'l0' ablation (Louizos et al. 2018); the reference's own
 # defaults (0, 1) make its L0 penalty divide by zero.
 L0_STRETCH = (-0.1, 1.1)
+DELTA_GRADIENTS = ("resample", "reuse")
 
-LossFn = Callable[[Callable[..., Any], Any, Any, jax.Array], jax.Array]
+# loss_fn(apply_fn, params, batch, dropout_key[, extra]) -> scalar, where apply_fn has the signature of
+# the user's `model.apply` and already carries the gated delta modules.
+LossFn = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,10 @@ class SearchSettings:
       clip_norm: global-norm clipping of the alpha and the delta gradients, separately.
       fd_dropout: 'independent' (reference) or 'shared' dropout masks in the two finite-difference
         passes of 'second_order_fd' (see hypergrad).
+      delta_gradient: 'resample' (reference: the delta update's gradient comes from its own pass, under
+        a fresh sample of the updated alpha) or 'reuse' (second-order estimators only: the virtual
+        step's gradient, taken on the same D_delta batch under the pre-update sample, saves one of the
+        step's forward+backward passes).
     """
 
     estimator: str = "second_order_fd"
@@ -54,10 +60,16 @@ class SearchSettings:
     l0_weight: float = 0.0
     clip_norm: float = 2.0
     fd_dropout: str = "independent"
+    delta_gradient: str = "resample"
 
     def __post_init__(self):
         hypergrad.check_estimator(self.estimator)
         hypergrad.check_fd_dropout(self.fd_dropout)
+        if self.delta_gradient not in DELTA_GRADIENTS:
+            raise ValueError(f"unknown delta_gradient {self.delta_gradient!r}: use one of {', '.join(DELTA_GRADIENTS)}")
+        if self.delta_gradient == "reuse" and self.estimator == "first_order":
+            raise ValueError("delta_gradient 'reuse' needs a second-order estimator (first_order takes no gradient "
+                             "on the D_delta batch to reuse): use delta_gradient 'resample'")
         if self.virtual_step not in hypergrad.VIRTUAL_STEPS:
             raise ValueError(
                 f"unknown virtual step {self.virtual_step!r}: use one of {', '.join(hypergrad.VIRTUAL_STEPS)}"
@@ -214,10 +226,13 @@ def make_search_step(
         alpha_updates, alpha_opt_state = alpha_optimizer.update(grad_alpha, state.alpha_opt_state, state.alpha)
         alpha = optax.apply_updates(state.alpha, alpha_updates)
 
-        z = concrete_sampler(alpha, resample_key)(alpha)
-        loss_delta, grad_delta = jax.value_and_grad(task_loss, argnums=1)(
-            params, state.weights, has_extra, z, batch_delta, delta_dropout_key
-        )
+        if settings.delta_gradient == "reuse":
+            loss_delta, grad_delta = aux["loss_delta"], aux["grad_delta"]
+        else:
+            z = concrete_sampler(alpha, resample_key)(alpha)
+            loss_delta, grad_delta = jax.value_and_grad(task_loss, argnums=1)(
+                params, state.weights, has_extra, z, batch_delta, delta_dropout_key
+            )
         grad_delta = clip_by_global_norm(grad_delta, settings.clip_norm)
         delta_updates, delta_opt_state = delta_optimizer.update(grad_delta, state.delta_opt_state, state.weights)
         delta, extra = split_inner_weights(optax.apply_updates(state.weights, delta_updates), has_extra)

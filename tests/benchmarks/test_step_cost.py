@@ -102,10 +102,13 @@ def test_table_names_every_step(result):
 
 def test_flags_override_the_preset():
     args = step_cost.parse_args(["--preset", "cpu-quick", "--model", "t5-small,t5-base", "--dtype",
-                                 "float32,bfloat16", "--steps", "7", "--all-layers"])
+                                 "float32,bfloat16", "--steps", "7", "--all-layers", "--delta-gradient", "reuse"])
     cases = step_cost.cases_from_args(args)
     assert [(c.model, c.dtype) for c in cases] == [
         ("t5-small", "float32"), ("t5-small", "bfloat16"), ("t5-base", "float32"), ("t5-base", "bfloat16")]
-    assert all(c.steps == 7 and c.num_layers is None for c in cases)
+    assert all(c.steps == 7 and c.num_layers is None and c.delta_gradient == "reuse" for c in cases)
+    assert [step_cost.delta_gradient_of(cases[0], e) for e in ESTIMATORS] == ["resample", "reuse", "reuse"]
     with pytest.raises(ValueError, match="dtype"):
         Case("tiny", 2, 8, 4, dtype="float16")
+    with pytest.raises(ValueError, match="delta_gradient"):
+        Case("tiny", 2, 8, 4, delta_gradient="again")

@@ -142,3 +142,16 @@ def test_shared_fd_dropout_matches_the_exact_term_and_independent_does_not(seed)
 def test_unknown_fd_dropout_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown fd_dropout 'same'.*independent, shared"):
         hypergrad.check_fd_dropout("same")
+
+
+@pytest.mark.parametrize("estimator", ["second_order_fd", "second_order_exact"])
+def test_second_order_reports_the_virtual_steps_loss_and_gradient(estimator):
+    """What `delta_gradient='reuse'` takes for the delta update: L(b_delta; delta, alpha) and its gradient."""
+    delta, alpha, batch_delta, batch_alpha = make_problem(0)
+    _, aux = hypergrad.hypergradient(objective_with_dropout, delta, alpha, batch_delta, batch_alpha, KEYS,
+                                     estimator=estimator, virtual_step=hypergrad.sgd_virtual_step(jnp.float32(0.05)),
+                                     xi=jnp.float32(0.05))
+    loss, grad = jax.value_and_grad(objective_with_dropout)(delta, alpha, batch_delta, KEYS[0])
+    np.testing.assert_allclose(float(aux["loss_delta"]), float(loss), rtol=1e-6)
+    for name in delta:
+        np.testing.assert_allclose(np.asarray(aux["grad_delta"][name]), np.asarray(grad[name]), rtol=1e-5, atol=1e-7)

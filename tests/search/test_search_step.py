@@ -145,3 +145,24 @@ def test_extra_takes_part_in_the_virtual_step(setup):
     second_state, _ = alpha_after_one_step("second_order_exact", loss_with_logit_bias, bias)
     second_constant, _ = alpha_after_one_step("second_order_exact", with_constant_bias, None)
     assert np.abs(second_state - second_constant).max() > 1e-2 * np.abs(second_constant).max()
+
+
+def test_reuse_changes_the_delta_update_only(setup):
+    """delta_gradient='reuse' takes the virtual step's gradient for the delta update: alpha moves exactly
+    as with the reference's re-sampled pass, delta differently; first order has nothing to reuse."""
+    params, candidates = setup
+
+    def one_step(delta_gradient):
+        searcher = s3.Searcher(MODEL.apply, candidates, loss_fn, budget=CONFIG.d_model, total_steps=100,
+                               settings=s3.SearchSettings(estimator="second_order_exact", delta_gradient=delta_gradient))
+        state, metrics = searcher.step(searcher.init(jax.random.PRNGKey(0)), params, batch(0), batch(1))
+        return state, metrics
+
+    reused, reused_metrics = one_step("reuse")
+    resampled, resampled_metrics = one_step("resample")
+    np.testing.assert_array_equal(np.asarray(reused.alpha), np.asarray(resampled.alpha))
+    assert float(reused_metrics["loss_alpha"]) == float(resampled_metrics["loss_alpha"])
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(reused.delta), jax.tree.leaves(resampled.delta)))
+    with pytest.raises(ValueError, match="delta_gradient 'reuse' needs a second-order estimator"):
+        s3.SearchSettings(estimator="first_order", delta_gradient="reuse")
