@@ -189,3 +189,8 @@ def test_pipeline_runs_end_to_end_on_a_tiny_bert(tiny_bert_dir, small_mrpc, monk
     for r in results.values():
         assert set(r["test"]) == {"f1", "accuracy"} and all(0 <= v <= 100 for v in r["test"].values())
     assert report["table"].count("\n| ") == len(results)  # one row per method under the header
+
+
+def test_unknown_structure_names_the_choices(tiny_bert_dir):
+    with pytest.raises(SystemExit, match="unknown structures nope: use some of searched, random, bitfit"):
+        run.run("mrpc", None, tiny_bert_dir, 2e-4, run.SCHEDULES["short"], structures=["searched", "nope"])
