@@ -58,10 +58,11 @@ class PhaseResult:
     seconds: float
 
 
-def total_steps(num_examples: int, batch_size: int, epochs: int, max_steps: int) -> int:
-    """epochs x ceil(examples / batch) (the reference's max_step), cut to `max_steps` when > 0."""
-    steps = epochs * math.ceil(num_examples / batch_size)
-    return min(steps, max_steps) if max_steps > 0 else steps
+def phase_steps(num_examples: int, phase_config: Any) -> tuple[int, int]:
+    """(steps to run, schedule length): epochs x ceil(examples / batch) (the reference's max_step),
+    the first cut to `max_steps` when > 0; the learning rate decays over the uncut length."""
+    steps = phase_config.epochs * math.ceil(num_examples / phase_config.batch_size)
+    return (min(steps, phase_config.max_steps) if phase_config.max_steps > 0 else steps), steps
 
 
 def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: str,
@@ -87,22 +88,35 @@ def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_pat
                         log_every=max(phase.total_steps // 20, 1)) if writer else None
     checkpoint_every = phase.checkpoint_every if phase.checkpoint_every > 0 else phase.eval_every
 
+    def emit(step: int, metrics: dict, scores: dict[str, float]) -> None:
+        """Logs one step: its metrics (fetched from the device here) and validation scores."""
+        if writer:
+            record = {"phase": phase.name, "step": step,
+                      **{k: float(v) for k, v in jax.device_get(metrics).items()},
+                      **{f"val_{k}": v for k, v in scores.items()}}
+            log.write(record)
+            progress.update(step, **{k: v for k, v in record.items() if k.startswith(("loss", "val_"))})
+
+    # A step's metrics are fetched after the next step is dispatched, so the device is not left idle
+    # while the host logs and prepares batches; logging catches up before every checkpoint.
+    pending = None
     for step in range(start_step + 1, phase.total_steps + 1):
         batches = [next(loader) for loader in phase.loaders]
         state, metrics = phase.step_fn(state, *batches)
-        record = {"phase": phase.name, "step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+        if pending is not None:
+            emit(*pending)
+        pending = (step, metrics, {})
         last = step == phase.total_steps
         if step % phase.eval_every == 0 or last:
             scores = phase.evaluate(state)
-            record.update({f"val_{k}": v for k, v in scores.items()})
+            pending[2].update(scores)
             score = next(iter(scores.values()))
             if score >= best["score"]:
                 best = {"score": score, "step": step, "metrics": scores}
                 checkpoints.save_best(step, phase.best_payload(state), {"step": step, "metrics": scores})
-        if writer:
-            log.write(record)
-            progress.update(step, **{k: v for k, v in record.items() if k.startswith(("loss", "val_"))})
         if step % checkpoint_every == 0 or last:
+            emit(*pending)
+            pending = None
             meta = {"step": step, "best": _json_best(best), "loaders": [l.state() for l in phase.loaders]}
             checkpoints.save_latest(step, state, meta)
     return PhaseResult(state, best["score"], best["step"], best["metrics"], start_step, time.monotonic() - started)

@@ -21,10 +21,11 @@ from s3delta_jax.deltas.structure import load_structure
 from s3delta_jax.search.step import adamw_with_linear_decay, clip_by_global_norm
 from s3delta_jax.train import outputs
 from s3delta_jax.train.checkpoints import RunCheckpoints
-from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
-from s3delta_jax.train.loop import Phase, run_phase, total_steps
-from s3delta_jax.train.setup import backbone_positions, load_backbone, load_task_data, seq2seq_loss, train_batches
+from s3delta_jax.train.loop import Phase, phase_steps, run_phase
+from s3delta_jax.train.setup import (
+    backbone_positions, load_backbone, load_task_data, seq2seq_loss, start_run, train_batches,
+)
 from s3delta_jax.train.system import peak_memory_bytes
 
 
@@ -57,11 +58,7 @@ def make_retrain_step(loss_fn, model_apply, candidates, optimizer: optax.Gradien
 def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path: str) -> dict:
     """Runs (or resumes) re-training of the structure in `structure_path`; returns results.json's dict."""
     started = time.monotonic()
-    start_processes(config.distributed)
-    writer = outputs.is_writer()
-    os.makedirs(workdir, exist_ok=True)
-    if writer:
-        outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    writer = start_run(config, workdir)
     backbone = load_backbone(config.model, config.seed, config.mesh)
     partitioner = backbone.partitioner
     positions = backbone_positions(backbone)
@@ -71,8 +68,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     setup_seconds = time.monotonic() - started
 
     phase_config = config.retrain
-    steps = total_steps(len(data.encoded["train"]), phase_config.batch_size, phase_config.epochs, phase_config.max_steps)
-    full_steps = total_steps(len(data.encoded["train"]), phase_config.batch_size, phase_config.epochs, -1)
+    steps, full_steps = phase_steps(len(data.encoded["train"]), phase_config)
     optimizer, _ = adamw_with_linear_decay(phase_config.learning_rate, full_steps)
     init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed + 1))
     delta = init_delta(init_key, candidates)

@@ -21,10 +21,11 @@ from s3delta_jax.deltas.structure import save_structure, structure_from_candidat
 from s3delta_jax.search import gates, select, step as search_step
 from s3delta_jax.train import outputs
 from s3delta_jax.train.checkpoints import RunCheckpoints
-from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
-from s3delta_jax.train.loop import Phase, run_phase, total_steps
-from s3delta_jax.train.setup import backbone_positions, load_backbone, load_task_data, seq2seq_loss, train_batches
+from s3delta_jax.train.loop import Phase, phase_steps, run_phase
+from s3delta_jax.train.setup import (
+    backbone_positions, load_backbone, load_task_data, seq2seq_loss, start_run, train_batches,
+)
 from s3delta_jax.train.system import peak_memory_bytes
 
 
@@ -39,11 +40,7 @@ def search_settings(search_config: ml_collections.ConfigDict) -> search_step.Sea
 def run_search(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Runs (or resumes) the search; returns the path of the structure.json it wrote."""
     started = time.monotonic()
-    start_processes(config.distributed)
-    writer = outputs.is_writer()
-    os.makedirs(workdir, exist_ok=True)
-    if writer:
-        outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    writer = start_run(config, workdir)
     settings = search_settings(config.search)  # validates names before any heavy work
 
     backbone = load_backbone(config.model, config.seed, config.mesh)
@@ -57,9 +54,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> str:
     setup_seconds = time.monotonic() - started
 
     phase_config = config.search
-    steps = total_steps(len(data.encoded["delta"]), phase_config.batch_size, phase_config.epochs,
-                        phase_config.max_steps)
-    full_steps = total_steps(len(data.encoded["delta"]), phase_config.batch_size, phase_config.epochs, -1)
+    steps, full_steps = phase_steps(len(data.encoded["delta"]), phase_config)
     delta_optimizer, delta_schedule = search_step.adamw_with_linear_decay(phase_config.learning_rate, full_steps)
     alpha_optimizer, _ = search_step.adamw_with_linear_decay(phase_config.alpha_learning_rate, full_steps)
     rng = jax.random.PRNGKey(config.seed)

@@ -1,10 +1,11 @@
-"""What both programs build first from a config: the backbone, its positions, and the task's data."""
+"""What both programs build first from a config: the workdir, the backbone, its positions, and the task's data."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -15,6 +16,8 @@ from s3delta_jax import data as data_lib
 from s3delta_jax.deltas.positions import Position, discover_positions
 from s3delta_jax.models import t5
 from s3delta_jax.models.tokenizers import Tokenizer, get_tokenizer
+from s3delta_jax.train import outputs
+from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.sharding import Partitioner, build_mesh
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -36,6 +39,17 @@ class Backbone:
     @property
     def config(self) -> t5.T5Config:
         return self.model.config
+
+
+def start_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Joins the processes of a multi-host run, creates `workdir` and writes config.json into it
+    (process 0). Returns whether this process is the one that writes outputs."""
+    start_processes(config.distributed)
+    writer = outputs.is_writer()
+    os.makedirs(workdir, exist_ok=True)
+    if writer:
+        outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    return writer
 
 
 def load_backbone(model_config: ml_collections.ConfigDict, seed: int,
