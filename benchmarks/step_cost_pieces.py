@@ -26,13 +26,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from step_cost_setup import Setup
 from step_cost_timing import Runner, measure_together
 
 from s3delta_jax.deltas import init_delta, with_deltas
-from s3delta_jax.search import gates
-from s3delta_jax.search.hypergrad import FD_EPSILON_NUMERATOR
+from s3delta_jax.search import gates, hypergrad
 
 # Each step as a sum of pieces, following hypergrad.hypergradient and step.make_search_step.
 STEP_AS_PIECES = {
@@ -56,20 +54,17 @@ def gated_loss_fn(setup: Setup) -> Callable:
     return loss
 
 
-def fd_pair(delta: Any, v: Any) -> tuple[jax.Array, Any, Any]:
-    """(eps, delta + eps v, delta - eps v) with the reference's eps = 0.01 / (||v|| + 1e-6)."""
-    epsilon = FD_EPSILON_NUMERATOR / (optax.tree.norm(v) + 1e-6)
-    return (epsilon, jax.tree.map(lambda d, u: d + epsilon * u, delta, v),
-            jax.tree.map(lambda d, u: d - epsilon * u, delta, v))
-
-
 def search_pieces(setup: Setup) -> dict[str, Callable]:
     """The search step's pieces, each `(params, delta, alpha, noise, batch, key, v) -> array(s)`."""
     loss = gated_loss_fn(setup)
     grad_alpha = jax.grad(loss, argnums=2)
 
+    def objective(params, noise):
+        """The library's `objective(delta, alpha, batch, key)` for these backbone weights and noise."""
+        return lambda delta, alpha, batch, key: loss(params, delta, alpha, noise, batch, key)
+
     def hvp_jvp(params, delta, alpha, noise, batch, key, v):
-        return jax.jvp(lambda d: grad_alpha(params, d, alpha, noise, batch, key), (delta,), (v,))[1]
+        return hypergrad.mixed_hvp_exact(objective(params, noise), delta, alpha, batch, key, v)
 
     def hvp_grad_of_jvp(params, delta, alpha, noise, batch, key, v):
         def along_v(a):
@@ -78,13 +73,11 @@ def search_pieces(setup: Setup) -> dict[str, Callable]:
         return jax.grad(along_v)(alpha)
 
     def hvp_fd_two_passes(params, delta, alpha, noise, batch, key, v):
-        epsilon, plus, minus = fd_pair(delta, v)
-        key_plus, key_minus = jax.random.split(key)
-        return (grad_alpha(params, plus, alpha, noise, batch, key_plus)
-                - grad_alpha(params, minus, alpha, noise, batch, key_minus)) / (2.0 * epsilon)
+        return hypergrad.mixed_hvp_finite_difference(objective(params, noise), delta, alpha, batch,
+                                                     jax.random.split(key), v)
 
     def hvp_fd_vmapped(params, delta, alpha, noise, batch, key, v):
-        epsilon, plus, minus = fd_pair(delta, v)
+        epsilon, plus, minus = hypergrad.finite_difference_points(delta, v)
         pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), plus, minus)
         grads = jax.vmap(grad_alpha, in_axes=(None, 0, None, None, None, 0))(
             params, pair, alpha, noise, batch, jax.random.split(key))

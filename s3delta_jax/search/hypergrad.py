@@ -115,10 +115,10 @@ def hypergradient(
         delta_virtual, alpha, batch_alpha, dropout_keys[1]
     )
     if estimator == "second_order_exact":
-        hvp = _mixed_hvp_exact(objective, delta, alpha, batch_delta, dropout_keys[2], v)
+        hvp = mixed_hvp_exact(objective, delta, alpha, batch_delta, dropout_keys[2], v)
     else:
         fd_keys = dropout_keys[2:4] if fd_dropout == "independent" else dropout_keys[jnp.array([2, 2])]
-        hvp = _mixed_hvp_finite_difference(objective, delta, alpha, batch_delta, fd_keys, v)
+        hvp = mixed_hvp_finite_difference(objective, delta, alpha, batch_delta, fd_keys, v)
     return grad_alpha_direct - xi * hvp, {"loss_alpha": loss, "loss_delta": loss_delta, "grad_delta": grad_delta}
 
 
@@ -126,17 +126,23 @@ def _grad_alpha(objective: Objective, delta, alpha, batch, key) -> jax.Array:
     return jax.grad(objective, argnums=1)(delta, alpha, batch, key)
 
 
-def _mixed_hvp_exact(objective: Objective, delta, alpha, batch, key, v) -> jax.Array:
+def mixed_hvp_exact(objective: Objective, delta, alpha, batch, key, v) -> jax.Array:
     """d^2 L / (d alpha d delta) . v, exactly: jvp over delta of grad_alpha."""
     _, hvp = jax.jvp(lambda d: _grad_alpha(objective, d, alpha, batch, key), (delta,), (v,))
     return hvp
 
 
-def _mixed_hvp_finite_difference(objective: Objective, delta, alpha, batch, keys, v) -> jax.Array:
-    """[grad_alpha L(delta + eps v) - grad_alpha L(delta - eps v)] / (2 eps), eps = 0.01 / (||v|| + 1e-6)."""
+def finite_difference_points(delta: Any, v: Any) -> tuple[jax.Array, Any, Any]:
+    """(eps, delta + eps v, delta - eps v) with the reference's eps = 0.01 / (||v|| + 1e-6)."""
     epsilon = FD_EPSILON_NUMERATOR / (optax.tree.norm(v) + 1e-6)
-    delta_plus = jax.tree.map(lambda d, u: d + epsilon * u, delta, v)
-    delta_minus = jax.tree.map(lambda d, u: d - epsilon * u, delta, v)
+    return (epsilon, jax.tree.map(lambda d, u: d + epsilon * u, delta, v),
+            jax.tree.map(lambda d, u: d - epsilon * u, delta, v))
+
+
+def mixed_hvp_finite_difference(objective: Objective, delta, alpha, batch, keys, v) -> jax.Array:
+    """[grad_alpha L(delta + eps v) - grad_alpha L(delta - eps v)] / (2 eps), `keys[0]` / `keys[1]` the
+    dropout keys of the two passes."""
+    epsilon, delta_plus, delta_minus = finite_difference_points(delta, v)
     grad_plus = _grad_alpha(objective, delta_plus, alpha, batch, keys[0])
     grad_minus = _grad_alpha(objective, delta_minus, alpha, batch, keys[1])
     return (grad_plus - grad_minus) / (2.0 * epsilon)
