@@ -13,9 +13,9 @@ flags.mark_flag_as_required("structure")
 
 
 def main() -> None:
-    from s3delta_jax.train.retrain_run import run_retrain
+    from s3delta_jax.train.retraining import run_retrain
 
-    run_retrain(cli.FLAGS.config, cli.FLAGS.workdir, cli.FLAGS.structure)
+    run_retrain(cli.FLAGS.config, cli.FLAGS.workdir, cli.FLAGS.structure, cli.FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ cli.define_flags()
 
 
 def main() -> None:
-    from s3delta_jax.train.retrain_run import run_retrain
-    from s3delta_jax.train.search_run import run_search
+    from s3delta_jax.train.retraining import run_retrain
+    from s3delta_jax.train.searching import run_search
 
-    config, workdir = cli.FLAGS.config, cli.FLAGS.workdir
-    structure_path = run_search(config, workdir)
+    config, workdir, allowed = cli.FLAGS.config, cli.FLAGS.workdir, cli.FLAGS.allow_config_change
+    structure_path = run_search(config, workdir, allowed)
     if config.retrain_after_search:
-        run_retrain(config, os.path.join(workdir, "retrain"), structure_path)
+        run_retrain(config, os.path.join(workdir, "retrain"), structure_path, allowed)
 
 
 if __name__ == "__main__":

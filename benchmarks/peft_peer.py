@@ -1,8 +1,8 @@
-"""The peer of step_cost.py: one re-training step of Hugging Face PEFT LoRA on the PyTorch T5.
+"""The PEFT peer of step_cost.py: one re-training step of Hugging Face PEFT LoRA on the PyTorch T5.
 
 LoRA r=8, alpha 16, no LoRA dropout, on the self-attention q and v of every block (the reference's
-`lora.json`, our `lora_qv(r=8)` baseline), on a randomly initialised `transformers` T5 of the same
-shape, dtype and batch as the JAX side. One step = forward with labels (HF's mean token
+`lora.json`, the T5 backbone's `lora_qv_r8` baseline), on a randomly initialised `transformers` T5
+of the same shape, dtype and batch as the JAX side. One step = forward with labels (HF's mean token
 cross-entropy, dropout on) + backward + clip to global norm 2 + AdamW (lr 3e-4, weight decay 0).
 torch, transformers and peft are optional: `missing_peer_packages` says which one is missing.
 """

@@ -13,9 +13,10 @@ on one batch, with every candidate gated by one fixed Binary Concrete sample as 
   hvp_fd_vmapped          the same two passes batched with jax.vmap (same keys, same math)
   retrain_forward/_grad   the re-training structure's loss and d loss / d delta
 
-Summing the pieces of each estimator
-(STEP_AS_PIECES) and comparing with the measured step shows what the rest (optimizer updates,
-clipping, zeta solves, dispatch) costs.
+The Hessian terms are the library's own `hypergrad.mixed_hvp_exact` and
+`hypergrad.mixed_hvp_finite_difference`; the gates and the injection are `search.gates` and
+`deltas.with_deltas`. Summing the pieces of each step (STEP_AS_PIECES) and comparing with the
+measured step shows what the rest (optimizer updates, clipping, zeta solves, dispatch) costs.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ STEP_AS_PIECES = {
     "first_order": ("grad_alpha", "grad_delta"),
     "second_order_fd": ("grad_delta", "grad_delta_and_alpha", "hvp_fd_two_passes", "grad_delta"),
     "second_order_exact": ("grad_delta", "grad_delta_and_alpha", "hvp_jvp", "grad_delta"),
+    # delta_gradient='reuse': the update reuses the first grad_delta.
+    "second_order_fd+reuse": ("grad_delta", "grad_delta_and_alpha", "hvp_fd_two_passes"),
+    "second_order_exact+reuse": ("grad_delta", "grad_delta_and_alpha", "hvp_jvp"),
 }
 
 
@@ -49,7 +53,7 @@ def gated_loss_fn(setup: Setup) -> Callable:
         zeta, u = noise
         p = gates.gate_probabilities(alpha, setup.sizes, setup.budget, zeta=zeta)
         z = gates.concrete_from_uniform(u, p)
-        return setup.loss_fn(with_deltas(setup.model.apply, setup.candidates, delta, z), params, batch, key)
+        return setup.loss_fn(with_deltas(setup.model_apply, setup.candidates, delta, z), params, batch, key)
 
     return loss
 
@@ -124,7 +128,7 @@ def profile_pieces(setup: Setup, seed: int = 4) -> dict[str, Any]:
     runners = {name: Runner(fn, args) for name, fn in search_pieces(setup).items()}
 
     def retrain_loss(params, delta, batch, key):
-        return setup.loss_fn(with_deltas(setup.model.apply, setup.structure, delta), params, batch, key)
+        return setup.loss_fn(with_deltas(setup.model_apply, setup.structure, delta), params, batch, key)
 
     retrain_args = (setup.params, init_delta(keys[0], setup.structure), setup.batch_delta, keys[3])
     runners["retrain_forward"] = Runner(retrain_loss, retrain_args)

@@ -1,30 +1,23 @@
-"""The cases step_cost.py measures, and what each one needs: a random T5, the search space, a
-structure at the budget, and synthetic batches."""
+"""The cases step_cost.py measures, and what each one needs: a random-weight `T5Backbone`, its task
+head's loss, the search space, a structure at the budget, and synthetic batches."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s3delta_jax.deltas import (
-    Candidate,
-    Position,
-    Rule,
-    budget_params,
-    candidates_from_mask,
-    discover_positions,
-    expand,
-)
+from s3delta_jax import data
+from s3delta_jax.deltas import Candidate, Position, Rule, budget_params, candidates_from_mask, expand
 from s3delta_jax.models import t5
+from s3delta_jax.models.dtypes import parse_dtype
+from s3delta_jax.models.t5.backbone import Seq2SeqHead, T5Backbone
 from s3delta_jax.search import gates
 from s3delta_jax.search.select import select_greedy
-from s3delta_jax.search.step import DELTA_GRADIENTS
-from s3delta_jax.train.setup import DTYPES, seq2seq_loss
+from s3delta_jax.search.step import SearchSettings
 
 # configs/base.py:smoke's tiny T5 (byte vocabulary), as overrides of t5-small.
 TINY_SHAPE = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2,
@@ -35,6 +28,19 @@ T5_VOCAB = 32100
 # ratio (the paper's would be smaller than most single candidates).
 PAPER_BUDGET = 1.389e-4
 DEFAULT_BUDGET = {"tiny": 0.015}
+# The task whose head gives the loss (the paper's MRPC); the loss reads only the batch, not the task.
+TASK = "mrpc"
+# The search steps that can be measured, by name: an estimator, '+reuse' for delta_gradient='reuse'.
+# Listed (and measured) smallest expected memory first, so that on a GPU the process's running peak
+# after each step is that step's own peak.
+SEARCHES: dict[str, SearchSettings] = {
+    "first_order": SearchSettings(estimator="first_order"),
+    "second_order_fd+reuse": SearchSettings(estimator="second_order_fd", delta_gradient="reuse"),
+    "second_order_fd": SearchSettings(estimator="second_order_fd"),
+    "second_order_exact+reuse": SearchSettings(estimator="second_order_exact", delta_gradient="reuse"),
+    "second_order_exact": SearchSettings(estimator="second_order_exact"),
+}
+ESTIMATORS = ("first_order", "second_order_fd", "second_order_exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +56,11 @@ class Case:
       budget: a ratio (< 1) of the backbone's parameters or a count; None: the model's default.
       num_layers: encoder and decoder blocks each, overriding the model's (same widths); None: the model's.
       dropout_rate: 0.1, as in the reference (dropout is on in every training pass).
-      space: the search space: a preset name ('s3pet_mix', the paper's S3PET-M; 's3pet_lora', S3PET-L) or
-        rules as `deltas.expand` takes them (a tuple of passes, each a tuple of Rules).
+      space: the search space: a preset name of `T5Backbone.space` ('s3pet_mix', the paper's S3PET-M;
+        's3pet_lora', S3PET-L) or rules as `deltas.expand` takes them (a tuple of passes of Rules).
+      estimators: the search steps to measure, names of SEARCHES.
       profile: also time the pieces of the steps (step_cost_pieces.py).
       peer: also time the PEFT peer (peft_peer.py).
-      delta_gradient: 'resample' (reference) or 'reuse' for the second-order search steps (SearchSettings).
     """
 
     model: str
@@ -68,15 +74,14 @@ class Case:
     num_layers: int | None = None
     dropout_rate: float = 0.1
     space: str | tuple[tuple[Rule, ...], ...] = "s3pet_mix"
+    estimators: tuple[str, ...] = ESTIMATORS
     profile: bool = False
     peer: bool = True
-    delta_gradient: str = "resample"
 
     def __post_init__(self):
         if self.model != "tiny":
             t5.get_config(self.model)  # raises T5ConfigError naming the presets
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        parse_dtype(self.dtype)  # raises DtypeError (a ValueError) naming the dtypes
         for name in ("batch_size", "source_length", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -87,10 +92,11 @@ class Case:
                              f"got {self.warmup}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
-        if self.delta_gradient not in DELTA_GRADIENTS:
-            raise ValueError(f"delta_gradient {self.delta_gradient!r} is not one of {', '.join(DELTA_GRADIENTS)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        unknown = [name for name in self.estimators if name not in SEARCHES]
+        if unknown or not self.estimators:
+            raise ValueError(f"estimators {list(self.estimators)!r}: use one or more of {', '.join(SEARCHES)}")
 
     @property
     def space_name(self) -> str:
@@ -100,25 +106,36 @@ class Case:
         return " / ".join(", ".join(str(rule) for rule in rules) for rules in self.space)
 
     @property
+    def budget_ratio_or_count(self) -> float:
+        """The budget as given, or the model's default (the paper's ratio; the smoke config's for tiny)."""
+        return self.budget if self.budget is not None else DEFAULT_BUDGET.get(self.model, PAPER_BUDGET)
+
+    @property
+    def searches(self) -> list[str]:
+        """The case's search steps in measuring order (SEARCHES' order)."""
+        return [name for name in SEARCHES if name in self.estimators]
+
+    @property
     def label(self) -> str:
         layers = "" if self.num_layers is None else f" ({self.num_layers}+{self.num_layers} layers)"
-        reuse = ", delta gradient reused" if self.delta_gradient == "reuse" else ""
         return (f"{self.model}{layers} {self.dtype} batch {self.batch_size} src {self.source_length} "
-                f"tgt {self.target_length}{reuse}")
+                f"tgt {self.target_length} dropout {self.dropout_rate:g}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """A case made concrete: model, frozen params, the search space, a structure and two batches.
+    """A case made concrete: backbone, its task head, frozen params, the search space, a structure
+    and two batches.
 
+    params: the backbone's weights, or their `jax.ShapeDtypeStruct`s when the steps are only compiled;
     sizes: f32[N] candidate sizes; budget: B in parameters; structure: the candidates a greedy
     selection keeps at the budget; batch_delta / batch_alpha: int32 input_ids, attention_mask
     [b, src] and labels, decoder_attention_mask [b, tgt].
     """
 
     case: Case
-    config: t5.T5Config
-    model: t5.T5ForConditionalGeneration
+    backbone: T5Backbone
+    head: Seq2SeqHead
     params: Any
     positions: list[Position]
     candidates: list[Candidate]
@@ -129,23 +146,25 @@ class Setup:
     batch_alpha: dict[str, jax.Array]
 
     @property
-    def loss_fn(self):
-        """`loss(apply_fn, params, batch, dropout_key)`: the programs' seq2seq loss, dropout on."""
-        return seq2seq_loss(self.config)
+    def model_apply(self):
+        return self.backbone.module.apply
 
     @property
-    def backbone_params(self) -> int:
-        return sum(math.prod(x.shape) for x in jax.tree.leaves(self.params))
+    def loss_fn(self):
+        """`loss(apply_fn, params, batch, dropout_key)`: the programs' seq2seq loss (`Seq2SeqHead.loss`), dropout on."""
+        return self.head.loss
 
 
-def model_config(case: Case) -> t5.T5Config:
-    """The case's T5 architecture and dtype."""
-    dtype = DTYPES[case.dtype]
+def t5_backbone(case: Case) -> T5Backbone:
+    """The case's T5 architecture and dtype with random weights. No text is encoded or decoded (the
+    batches are synthetic token ids), so the tokenizer is the byte one, which needs no files."""
+    dtype = parse_dtype(case.dtype)
     overrides = dict(TINY_SHAPE) if case.model == "tiny" else {"vocab_size": T5_VOCAB}
     if case.num_layers is not None:
         overrides.update(num_layers=case.num_layers, num_decoder_layers=case.num_layers)
     name = "t5-small" if case.model == "tiny" else case.model
-    return t5.get_config(name, **overrides, dropout_rate=case.dropout_rate, dtype=dtype, param_dtype=dtype)
+    config = t5.get_config(name, **overrides, dropout_rate=case.dropout_rate, dtype=dtype, param_dtype=dtype)
+    return T5Backbone(case.model, config, "bytes")
 
 
 def synthetic_batch(rng: np.random.Generator, case: Case, vocab_size: int) -> dict[str, np.ndarray]:
@@ -161,22 +180,23 @@ def synthetic_batch(rng: np.random.Generator, case: Case, vocab_size: int) -> di
     }
 
 
-def build(case: Case, seed: int = 0) -> Setup:
-    """Random backbone params, the case's search space, the budget, a greedy structure at the budget
-    (from random p, so a spread of module types and depths) and one D_delta + one D_alpha batch."""
-    config = model_config(case)
-    model = t5.T5ForConditionalGeneration(config)
-    params = t5.init_params(config, jax.random.PRNGKey(seed))
-    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    positions = discover_positions(model, ids, ids, ids, ids, deterministic=True)
-    expansion = expand(case.space, positions)
-    ratio = case.budget if case.budget is not None else DEFAULT_BUDGET.get(case.model, PAPER_BUDGET)
-    budget = budget_params(ratio, sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
+def build(case: Case, seed: int = 0, abstract_params: bool = False) -> Setup:
+    """The backbone (random params, or only their shapes with `abstract_params`), the case's search
+    space, the budget, a greedy structure at the budget (from random p, so a spread of module types
+    and depths) and one D_delta + one D_alpha batch."""
+    backbone = t5_backbone(case)
+    params = backbone.param_shapes() if abstract_params else backbone.init_params(jax.random.PRNGKey(seed))
+    head = backbone.task_head(data.get_task(TASK), "generate", case.target_length)
+    positions = backbone.positions()
+    space = backbone.space(case.space) if isinstance(case.space, str) else case.space
+    expansion = expand(space, positions)
+    budget = budget_params(case.budget_ratio_or_count, backbone.num_params)
     gates.validate_budget(expansion.sizes, budget)
     rng = np.random.default_rng(seed)
     keep = select_greedy(rng.random(len(expansion.candidates)), expansion.sizes, budget)
-    batch_delta, batch_alpha = ({k: jnp.asarray(v) for k, v in synthetic_batch(rng, case, config.vocab_size).items()}
+    vocab_size = backbone.config.vocab_size
+    batch_delta, batch_alpha = ({k: jnp.asarray(v) for k, v in synthetic_batch(rng, case, vocab_size).items()}
                                 for _ in range(2))
-    return Setup(case, config, model, params, positions, expansion.candidates,
+    return Setup(case, backbone, head, params, positions, expansion.candidates,
                  np.asarray(expansion.sizes, np.float32), budget, candidates_from_mask(expansion.candidates, keep),
                  batch_delta, batch_alpha)

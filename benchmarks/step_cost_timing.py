@@ -43,6 +43,9 @@ def compiled_memory(compiled: Any) -> dict[str, int] | None:
 class Runner:
     """`fn` jitted and compiled on `args`; each call runs it once and waits for the outputs.
 
+    `args` may hold `jax.ShapeDtypeStruct`s where the runner is only compiled, never called (the
+    compile-only mode: compile time and XLA's memory analysis need shapes alone).
+
     With `threads_state`, `fn(state, *rest) -> (state, metrics)` is a training step: the state is
     donated and each call takes the previous call's state, and `metrics_finite` records whether
     every metric of every call was finite. `output` holds the last call's outputs.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from s3delta_jax.errors import UserError
 
-class InvalidRowError(ValueError):
+
+class InvalidRowError(UserError, ValueError):
     """One row does not fit its task (missing field, bad label); raised without a location.
 
     The readers in `sources.py` catch it and re-raise a `DataFormatError` that names the file and
@@ -14,13 +16,21 @@ class InvalidRowError(ValueError):
     """
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A data file is malformed; the message is one line: `<file>:<line>: <problem>`."""
 
     @classmethod
     def at(cls, location: str, problem: str) -> DataFormatError:
         """`location` is e.g. `path/train.tsv:17`; `problem` says what is wrong (and the fix)."""
         return cls(f"{location}: {' '.join(problem.split())}")
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """A data directory or file that is not there; the message names the path and what was looked for."""
+
+
+class TooFewExamplesError(UserError, ValueError):
+    """A data file or split without enough rows for the run (a header-only file, a tiny validation split)."""
 
 
 def shorten(value: object, limit: int = 60) -> str:

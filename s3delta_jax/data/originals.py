@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from s3delta_jax.data.errors import InvalidRowError, located, shorten
+from s3delta_jax.data.errors import InvalidRowError, MissingDataError, located, shorten
 from s3delta_jax.data.files import LocatedRow, read_delimited, read_rows
 from s3delta_jax.data.tasks import UNLABELED
 
@@ -77,8 +77,8 @@ def _glue_fields(task_name: str, raw: dict[str, str], idx: int) -> dict[str, Any
 def _mrpc_dev_ids(path: Path) -> set[tuple[str, str]]:
     """The (#1 ID, #2 ID) pairs of GLUE's MRPC dev_ids.tsv: the validation rows of msr_paraphrase_train.txt."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: GLUE's MRPC dev_ids.tsv picks the validation pairs "
-                                f"out of {MRPC_TRAIN}")
+        raise MissingDataError(f"{path} is missing: GLUE's MRPC dev_ids.tsv picks the validation pairs "
+                               f"out of {MRPC_TRAIN}")
     return {(row["a"], row["b"]) for _, row in read_delimited(path, "\t", quoted=False, column_names=("a", "b"))}
 
 

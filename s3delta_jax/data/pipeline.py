@@ -1,15 +1,21 @@
 """Batches for training and evaluation: tokenization, bucketed padding, resumable shuffling, and
 per-host slices of each global batch.
 
-Every batch is a dict of int32 numpy arrays, [rows, length]:
+Every batch is a dict of numpy arrays with `batch_size` rows. Text-to-text examples (T5), int32
+[rows, length]:
   input_ids               source token ids, EOS last, padded with the tokenizer's pad id (0)
   attention_mask          1 on source tokens, 0 on padding
   labels                  target token ids, EOS last, padded with -100 (ignored by the loss)
   decoder_attention_mask  1 on target tokens, 0 on padding
+Classification / regression examples (encoders): input_ids and attention_mask as above, and
+  token_type_ids          int32 [rows, length]: segment ids of a text pair (0 first, 1 second)
+  labels                  int32 [rows] class ids, or float32 [rows] regression scores
+  weights                 float32 [rows]: 1 for real rows, 0 for padding rows
 Lengths are padded up to a bucket (powers of two from `min_bucket`, capped by the maximum length),
 chosen from the whole global batch so that every host sees the same shapes; a run therefore compiles
 at most len(source buckets) x len(target buckets) shapes. Batches always have `batch_size` rows: a
-short final batch is filled with padding rows (all masks 0, labels -100), which the loss ignores.
+short final batch is filled with padding rows (all masks 0, labels -100, weight 0), which the losses
+ignore.
 
 With several hosts (`process_count` P), host k gets rows [k B/P, (k+1) B/P) of every global batch of
 B rows; all hosts walk the same global order.
@@ -32,29 +38,42 @@ DEFAULT_MIN_BUCKET = 8
 
 @dataclass(frozen=True)
 class EncodedExamples:
-    """Token ids of examples, truncated, in example order.
+    """Token ids of examples, truncated, in example order; either text-to-text or labelled.
 
-    source_ids / target_ids: one int32 array [length_i] per example, EOS last.
+    source_ids: one int32 array [length_i] per example (EOS last for T5; [CLS] a [SEP] b [SEP] for BERT).
     pad_id: the tokenizer's pad id, which fills input_ids.
+    target_ids / max_target_length: text-to-text targets, one int32 array per example, EOS last.
+    token_type_ids: segment ids, one int32 array per example like source_ids (encoders), or None.
+    class_labels: int32 [examples] class ids or float32 [examples] scores (encoders), or None.
+    Exactly one of target_ids and class_labels is set.
     """
 
     source_ids: list[np.ndarray]
-    target_ids: list[np.ndarray]
     max_source_length: int
-    max_target_length: int
     pad_id: int
+    target_ids: list[np.ndarray] | None = None
+    max_target_length: int = 0
+    token_type_ids: list[np.ndarray] | None = None
+    class_labels: np.ndarray | None = None
 
     def __post_init__(self):
-        if len(self.source_ids) != len(self.target_ids):
-            raise ValueError(f"{len(self.source_ids)} sources for {len(self.target_ids)} targets")
+        if (self.target_ids is None) == (self.class_labels is None):
+            raise ValueError("encoded examples need exactly one of target_ids and class_labels")
+        for name in ("target_ids", "token_type_ids", "class_labels"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.source_ids):
+                raise ValueError(f"{len(self.source_ids)} sources for {len(value)} {name}")
 
     def __len__(self) -> int:
         return len(self.source_ids)
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
-        """(source lengths, target lengths), int arrays [num examples]."""
-        return (np.array([len(ids) for ids in self.source_ids], dtype=np.int64),
-                np.array([len(ids) for ids in self.target_ids], dtype=np.int64))
+        """(source lengths, target lengths), int arrays [num examples]; target lengths are 0 for
+        labelled examples."""
+        sources = np.array([len(ids) for ids in self.source_ids], dtype=np.int64)
+        if self.target_ids is None:
+            return sources, np.zeros_like(sources)
+        return sources, np.array([len(ids) for ids in self.target_ids], dtype=np.int64)
 
 
 def truncate(ids: Sequence[int], max_length: int) -> list[int]:
@@ -82,10 +101,10 @@ def encode_examples(
 
     return EncodedExamples(
         source_ids=[encode(e.source, max_source_length) for e in examples],
-        target_ids=[encode(e.target, max_target_length) for e in examples],
         max_source_length=max_source_length,
-        max_target_length=max_target_length,
         pad_id=tokenizer.pad_id,
+        target_ids=[encode(e.target, max_target_length) for e in examples],
+        max_target_length=max_target_length,
     )
 
 
@@ -119,7 +138,7 @@ class Batcher:
         self.rows_per_host = batch_size // process_count
         self.process_index = process_index
         self.source_buckets = bucket_lengths(encoded.max_source_length, min_bucket)
-        self.target_buckets = bucket_lengths(encoded.max_target_length, min_bucket)
+        self.target_buckets = bucket_lengths(max(encoded.max_target_length, 1), min_bucket)
         self.source_lengths, self.target_lengths = encoded.lengths()
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -128,23 +147,33 @@ class Batcher:
         if not 0 < len(indices) <= self.batch_size:
             raise ValueError(f"a batch holds 1..{self.batch_size} examples, got {len(indices)}")
         source_length = _bucket(int(self.source_lengths[indices].max()), self.source_buckets)
-        target_length = _bucket(int(self.target_lengths[indices].max()), self.target_buckets)
         first = self.process_index * self.rows_per_host
         mine = indices[first: first + self.rows_per_host]
         input_ids = np.full((self.rows_per_host, source_length), self.encoded.pad_id, dtype=np.int32)
         attention_mask = np.zeros_like(input_ids)
-        labels = np.full((self.rows_per_host, target_length), IGNORE_LABEL, dtype=np.int32)
         for row, example in enumerate(mine):
-            source, target = self.encoded.source_ids[example], self.encoded.target_ids[example]
+            source = self.encoded.source_ids[example]
             input_ids[row, : len(source)] = source
             attention_mask[row, : len(source)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.encoded.token_type_ids is not None:
+            token_type_ids = np.zeros_like(input_ids)
+            for row, example in enumerate(mine):
+                types = self.encoded.token_type_ids[example]
+                token_type_ids[row, : len(types)] = types
+            batch["token_type_ids"] = token_type_ids
+        if self.encoded.target_ids is None:
+            labels = np.zeros((self.rows_per_host,), self.encoded.class_labels.dtype)
+            labels[: len(mine)] = self.encoded.class_labels[mine]
+            weights = np.zeros((self.rows_per_host,), np.float32)
+            weights[: len(mine)] = 1.0
+            return {**batch, "labels": labels, "weights": weights}
+        target_length = _bucket(int(self.target_lengths[indices].max()), self.target_buckets)
+        labels = np.full((self.rows_per_host, target_length), IGNORE_LABEL, dtype=np.int32)
+        for row, example in enumerate(mine):
+            target = self.encoded.target_ids[example]
             labels[row, : len(target)] = target
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "decoder_attention_mask": (labels != IGNORE_LABEL).astype(np.int32),
-        }
+        return {**batch, "labels": labels, "decoder_attention_mask": (labels != IGNORE_LABEL).astype(np.int32)}
 
 
 class TrainBatches:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from s3delta_jax.data.errors import located
+from s3delta_jax.data.errors import MissingDataError, TooFewExamplesError, located
 from s3delta_jax.data.files import EXTENSIONS, LocatedRow
 from s3delta_jax.data.originals import flattened_rows, glue_original_file, is_glue_original_dir, read_glue_original
 from s3delta_jax.data.tasks import Task, check_split
@@ -46,30 +46,42 @@ def load_split(task: Task, split: str, data_dir: str | os.PathLike | None = None
 
 def _load_local(task: Task, split: str, directory: Path) -> list[dict[str, Any]]:
     if not directory.is_dir():
-        raise FileNotFoundError(f"data directory {directory} does not exist (data_dir for task {task.name!r})")
+        problem = "is a file, not a directory" if directory.exists() else "does not exist"
+        raise MissingDataError(f"data directory {directory} {problem}: pass the directory that holds the "
+                               f"split files of task {task.name!r} (data.path / data_dir)")
     hf_split = task.hf_split(split)
     what = f"{split} data of task {task.name!r}"
     if is_glue_original_dir(task.name, directory):
         path = _first_file([glue_original_file(task.name, hf_split, directory)], what)
         rows = read_glue_original(task.name, hf_split, path)
     else:
-        stems = dict.fromkeys([hf_split, split] + (["val"] if split == "validation" else []))
-        rows = flattened_rows(_first_file([directory / f"{stem}.{ext}" for stem in stems for ext in EXTENSIONS], what))
-    return _normalized(task, rows, require_label=split != "test")
+        stems = _stems(split, hf_split)
+        path = _first_file([directory / f"{stem}.{ext}" for stem in stems for ext in EXTENSIONS], what)
+        rows = flattened_rows(path)
+    normalized = _normalized(task, rows, require_label=split != "test")
+    if not normalized:
+        raise TooFewExamplesError(f"no examples in {path} (the {what}): the file has no data rows; "
+                                  "fill it or point the data directory at complete files")
+    return normalized
+
+
+def _stems(split: str, hf_split: str) -> list[str]:
+    """File names (without extension) that may hold `split`, in order of preference."""
+    return list(dict.fromkeys([hf_split, split] + (["val"] if split == "validation" else [])))
 
 
 def _first_file(candidates: list[Path], what: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"no file with the {what} in {candidates[0].parent}: looked for {', '.join(p.name for p in candidates)}"
     )
 
 
 def _load_hub(task: Task, split: str) -> list[dict[str, Any]]:
     if task.hf_path is None:
-        raise ValueError(f"task {task.name!r} has no Hugging Face dataset: {LOCAL_DATA_HINT}")
+        raise MissingDataError(f"task {task.name!r} has no Hugging Face dataset: {LOCAL_DATA_HINT}")
     require_hub(task)
     import datasets
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from s3delta_jax.data.errors import TooFewExamplesError
 from s3delta_jax.data.tasks import Task
 
 LARGE_TASK_VALIDATION_SIZE = 2000
@@ -42,11 +43,15 @@ def paper_splits(
 ) -> Splits:
     """The paper's split of `task`'s original train and validation rows for `seed`."""
     if task.size == "small":
+        if len(validation_rows) < 2:
+            raise TooFewExamplesError(
+                f"task {task.name!r} halves its {len(validation_rows)} validation row(s) into validation and "
+                "test: it needs at least 2; check the validation file of the data directory")
         order = permutation(len(validation_rows), seed)
         half = len(validation_rows) // 2
         return Splits(list(train_rows), _take(validation_rows, order[:half]), _take(validation_rows, order[half:]))
     if len(train_rows) <= large_validation_size:
-        raise ValueError(
+        raise TooFewExamplesError(
             f"task {task.name!r} is large: it needs more than {large_validation_size} train rows to take "
             f"{large_validation_size} as validation, got {len(train_rows)} (pass a smaller large_validation_size)"
         )
@@ -60,6 +65,9 @@ def paper_splits(
 
 def search_halves(train_rows: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
     """(D_delta, D_alpha): two disjoint random halves of equal size (floor(n/2) each) of `train_rows`."""
+    if len(train_rows) < 2:
+        raise TooFewExamplesError(f"the search halves the train split into D_delta and D_alpha: it needs at "
+                                  f"least 2 train rows, got {len(train_rows)}")
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(_HALVES_STREAM,))))
     order = rng.permutation(len(train_rows))
     half = len(train_rows) // 2

@@ -119,6 +119,16 @@ class Task:
             out += [Example(source, target, row) for target in self.targets(row)]
         return out
 
+    def segments(self, row: Row) -> tuple[str, ...]:
+        """The text an encoder reads: one segment, or a pair (every field but the last joined by
+        spaces, then the last), without the text-to-text keywords."""
+        texts = [self.format_field(field, row[field]) for field in self.text_fields]
+        return tuple(texts) if len(texts) <= 2 else (" ".join(texts[:-1]), texts[-1])
+
+    def label(self, row: Row) -> Any:
+        """The gold label of a row: a class id (a score for regression tasks)."""
+        return self._gold_label(row)
+
     def target_strings(self) -> tuple[str, ...]:
         """Every target the task can have (the reference's label list)."""
         return tuple(str(i) for i in range(len(self.label_names)))

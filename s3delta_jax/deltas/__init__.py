@@ -1,14 +1,13 @@
 """Delta modules, where they go, and how they get into a frozen Flax model.
 
     positions  = discover_positions(model, *example_args)          # trace once, shapes only
-    expansion  = expand("s3pet_mix", positions)                    # candidates with sizes
+    expansion  = expand(rules, positions)                          # candidates with sizes
     delta      = init_delta(key, expansion.candidates)             # the trainable pytree
     apply      = with_deltas(model.apply, expansion.candidates, delta, gate_values)
     logits     = apply({"params": params}, *batch)
 """
 
-from s3delta_jax.deltas.baselines import BASELINES, adapter, adapter_lr, bitfit, lnfit, lora_qv
-from s3delta_jax.deltas.budget import BudgetError, backbone_param_count, budget_params
+from s3delta_jax.deltas.budget import BudgetError, budget_params
 from s3delta_jax.deltas.inject import InjectionError, candidate_params, delta_param_count, init_delta, with_deltas
 from s3delta_jax.deltas.merge import merge_deltas
 from s3delta_jax.deltas.modules import (
@@ -29,14 +28,13 @@ from s3delta_jax.deltas.positions import (
     register_norm,
 )
 from s3delta_jax.deltas.spaces import (
-    SPACES,
     Candidate,
     Expansion,
     Rule,
     RuleMatch,
+    Space,
     SpaceError,
     expand,
-    get_space,
     make_candidate,
     candidates_from_mask,
     type_breakdown,
@@ -57,14 +55,14 @@ from s3delta_jax.deltas.structure import (
 )
 
 __all__ = [
-    "BASELINES", "DELTA_TYPES", "SPACES",
+    "DELTA_TYPES",
     "BudgetError", "Candidate", "DeltaType", "DeltaTypeError", "Expansion", "InjectionError", "NormSpec",
-    "Position", "PositionError", "Rule", "RuleMatch", "SpaceError", "Structure", "StructureEntry",
+    "Position", "PositionError", "Rule", "RuleMatch", "Space", "SpaceError", "Structure", "StructureEntry",
     "StructureError",
-    "adapter", "adapter_lr", "backbone_param_count", "bitfit", "budget_params", "candidate_params",
+    "budget_params", "candidate_params",
     "delta_param_count", "delta_type_for_reference", "discover_positions", "expand", "get_delta_type",
-    "get_space", "hf_module_name", "init_delta", "lnfit", "load_reference_structure", "load_structure",
-    "lora_qv", "make_candidate", "merge_deltas", "position_table", "register_delta_type", "register_norm",
+    "hf_module_name", "init_delta", "load_reference_structure", "load_structure",
+    "make_candidate", "merge_deltas", "position_table", "register_delta_type", "register_norm",
     "save_reference_structure", "save_structure", "candidates_from_mask", "structure_from_candidates",
     "structure_from_json", "structure_from_reference", "structure_to_json", "structure_to_reference",
     "type_breakdown", "with_deltas",

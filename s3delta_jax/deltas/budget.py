@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from s3delta_jax.models import t5
+from s3delta_jax.errors import UserError
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """A budget that is neither a ratio in (0, 1) nor a positive whole count."""
 
 
@@ -28,11 +28,3 @@ def budget_params(budget: float | int, backbone_params: int) -> int:
     if isinstance(budget, float) and not budget.is_integer():
         raise BudgetError(f"an absolute budget must be a whole number of parameters, got {budget!r}")
     return int(budget)
-
-
-def backbone_param_count(config: t5.T5Config, vocab_size: int | None = 32100) -> int:
-    """Frozen backbone parameters of a T5 config (embeddings included, tied lm head once), as the
-    reference counts them: with the vocabulary resized to ``vocab_size`` (32100 for t5-*; None
-    keeps the config's). t5-large -> 737,639,424.
-    """
-    return int(t5.count_params(config, vocab_size=vocab_size))

@@ -24,9 +24,10 @@ import jax
 from s3delta_jax.deltas.modules import get_delta_type
 from s3delta_jax.deltas.positions import CALL, first_input
 from s3delta_jax.deltas.spaces import Candidate
+from s3delta_jax.errors import UserError
 
 
-class InjectionError(ValueError):
+class InjectionError(UserError, ValueError):
     """Deltas that do not fit the candidates or the module they are injected into."""
 
 

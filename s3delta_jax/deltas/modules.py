@@ -34,12 +34,13 @@ import jax
 import jax.numpy as jnp
 
 from s3delta_jax.deltas.positions import CALL, POSITION_KINDS, Position
+from s3delta_jax.errors import UserError
 
 Slot = Literal["parallel", "sequential"]
 Params = dict[str, jax.Array]
 
 
-class DeltaTypeError(ValueError):
+class DeltaTypeError(UserError, ValueError):
     """An unknown delta type, a bad keyword argument, or a delta placed where it cannot act."""
 
 

@@ -32,13 +32,15 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from s3delta_jax.errors import UserError
+
 PositionKind = Literal["linear", "norm", "block"]
 NormKind = Literal["rms", "layernorm"]
 POSITION_KINDS: tuple[str, ...] = ("linear", "norm", "block")
 CALL = "__call__"
 
 
-class PositionError(ValueError):
+class PositionError(UserError, ValueError):
     """A model, norm registration or position lookup that cannot be handled."""
 
 
@@ -100,10 +102,6 @@ class NormSpec:
 
 
 _NORM_REGISTRY: dict[type, NormSpec] = {}
-# Classes registered by qualified name, so that registering them needs no import of their module.
-_NORM_REGISTRY_BY_NAME: dict[str, NormSpec] = {
-    "s3delta_jax.models.t5.T5LayerNorm": NormSpec("rms"),
-}
 
 
 def register_norm(
@@ -132,7 +130,7 @@ def register_norm(
 def norm_spec(module: nn.Module) -> NormSpec | None:
     """The registered NormSpec of a module instance (nearest class in its MRO), or None."""
     for cls in type(module).__mro__:
-        spec = _NORM_REGISTRY.get(cls) or _NORM_REGISTRY_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        spec = _NORM_REGISTRY.get(cls)
         if spec is not None:
             return spec
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and _reduces_last_axis(module):

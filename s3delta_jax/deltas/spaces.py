@@ -23,9 +23,10 @@ import numpy as np
 
 from s3delta_jax.deltas.modules import DeltaTypeError, get_delta_type
 from s3delta_jax.deltas.positions import POSITION_KINDS, Position
+from s3delta_jax.errors import UserError
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A rule that is malformed or matches nothing, or two deltas with one key at one position."""
 
 
@@ -132,12 +133,16 @@ class Expansion:
         return int(self.sizes.sum())
 
 
-def expand(space: Space | str, positions: Sequence[Position]) -> Expansion:
-    """Expands a space (or a preset name) over a model's positions into numbered candidates.
+def expand(space: Space, positions: Sequence[Position]) -> Expansion:
+    """Expands a space (passes of rules) over a model's positions into numbered candidates.
 
+    Preset spaces are named by model family: `backbone.space(name)` returns one's rules.
     Raises SpaceError if a rule matches no position, or two rules put the same key at one position.
     """
-    passes = get_space(space) if isinstance(space, str) else space
+    if isinstance(space, str):
+        raise SpaceError(f"expand() takes rules, not the preset name {space!r}: get a preset's rules from its "
+                         "model family, e.g. backbone.space(name) or s3delta_jax.models.t5.spaces.SPACES[name]")
+    passes = space
     candidates: list[Candidate] = []
     matches: list[RuleMatch] = []
     owner: dict[tuple[str, str], str] = {}
@@ -177,41 +182,3 @@ def type_breakdown(candidates: Sequence[Candidate]) -> dict[str, dict[str, int]]
         entry["count"] += 1
         entry["params"] += c.size
     return breakdown
-
-
-# T5 presets (reference section 1.2). wi matches v1.0's single wi and v1.1's wi_0 / wi_1.
-T5_SELF_LINEARS = r"(SelfAttention/(q|k|v|o)|DenseReluDense/(wi|wi_0|wi_1|wo))"
-T5_ALL_LINEARS = r"((SelfAttention|EncDecAttention)/(q|k|v|o)|DenseReluDense/(wi|wi_0|wi_1|wo))"
-T5_NORMS = r"(layer_norm|final_layer_norm)"
-T5_BLOCKS = r"(SelfAttention|DenseReluDense)"
-
-
-def _mix(linears: str) -> tuple[tuple[Rule, ...], ...]:
-    return (
-        (
-            Rule(linears, ("linear",), "lora", {"r": 1}),
-            Rule(linears, ("linear",), "bitfit"),
-            Rule(T5_NORMS, ("norm",), "lnfit"),
-            Rule(T5_NORMS, ("norm",), "bitfit"),
-        ),
-        (Rule(T5_BLOCKS, ("block",), "low_rank_adapter"),),
-    )
-
-
-SPACES: dict[str, tuple[tuple[Rule, ...], ...]] = {
-    # S3PET-M: LoRA r=1 + BitFit on self-attention q/k/v/o and FFN wi/wo, LNFit + BitFit on every
-    # norm, then a low-rank adapter after every self-attention and FFN block (916 on t5-large).
-    "s3pet_mix": _mix(T5_SELF_LINEARS),
-    # S3PET-L: LoRA r=1 on the same six linears only (288 on t5-large).
-    "s3pet_lora": ((Rule(T5_SELF_LINEARS, ("linear",), "lora", {"r": 1}),),),
-    # The Mix space plus LoRA + BitFit on the cross-attention q/k/v/o.
-    "mix_all_linear": _mix(T5_ALL_LINEARS),
-}
-
-
-def get_space(name: str) -> tuple[tuple[Rule, ...], ...]:
-    """A preset space by name."""
-    try:
-        return SPACES[name]
-    except KeyError:
-        raise SpaceError(f"unknown search space {name!r}; presets: {', '.join(SPACES)}") from None

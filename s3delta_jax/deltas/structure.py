@@ -3,7 +3,7 @@
 Our format (``schema_version`` 1), one JSON object::
 
     {"schema_version": 1,
-     "backbone": {"name": "t5-large", "params": 737639424},
+     "backbone": {"name": "t5-large", "params": 737639424, "fingerprint": {"family": "t5", ...}},
      "budget": {"value": 0.0001389, "params": 102458},
      "search_space": "s3pet_mix",
      "total_size": 101936,
@@ -13,7 +13,10 @@ Our format (``schema_version`` 1), one JSON object::
                      "alpha": 0.31, "p": 0.057, "chosen": false}, ...]}
 
 ``candidates`` (every candidate of the search with its alpha and p) may be empty; ``budget``,
-``backbone`` and ``search_space`` fields may be null for hand-made structures.
+``backbone`` and ``search_space`` fields may be null for hand-made structures. ``backbone.fingerprint``
+(family, parameter count, a checksum of the shapes, the weight files' names and sizes: see
+`models.backbone.Backbone.fingerprint`) names the backbone the structure was searched on; re-training
+refuses another one.
 
 The reference implementation's format (reference section 5) is a JSON list with one dict per pass
 mapping a Hugging Face dotted module name to {"parallel"|"sequential": {DeltaType: kwargs}}, e.g.
@@ -34,11 +37,12 @@ from s3delta_jax.deltas.budget import BudgetError, budget_params
 from s3delta_jax.deltas.modules import DeltaTypeError, get_delta_type, delta_type_for_reference
 from s3delta_jax.deltas.positions import Position, hf_module_name, position_table
 from s3delta_jax.deltas.spaces import Candidate, make_candidate
+from s3delta_jax.errors import UserError
 
 SCHEMA_VERSION = 1
 
 
-class StructureError(ValueError):
+class StructureError(UserError, ValueError):
     """A structure file that is malformed or does not fit the backbone; one line naming file and problem."""
 
 
@@ -70,6 +74,7 @@ class Structure:
     search_space: str | None = None
     candidates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     source: str = "<structure>"
+    backbone_fingerprint: dict[str, Any] | None = None
 
     @property
     def total_size(self) -> int:
@@ -98,6 +103,7 @@ def structure_from_candidates(
     *,
     backbone: str | None = None,
     backbone_params: int | None = None,
+    backbone_fingerprint: Mapping[str, Any] | None = None,
     budget: float | int | None = None,
     budget_params: int | None = None,
     search_space: str | None = None,
@@ -127,7 +133,8 @@ def structure_from_candidates(
         StructureEntry(c.position.name, c.delta_type, dict(c.kwargs), c.size, c.key, c.pass_index)
         for c in sorted(chosen, key=lambda c: c.index)
     ]
-    structure = Structure(entries, backbone, backbone_params, budget, budget_params, search_space, records)
+    structure = Structure(entries, backbone, backbone_params, budget, budget_params, search_space, records,
+                          backbone_fingerprint=None if backbone_fingerprint is None else dict(backbone_fingerprint))
     check_budget(structure)
     return structure
 
@@ -136,7 +143,8 @@ def structure_to_json(structure: Structure) -> dict[str, Any]:
     """The JSON object of a structure (schema version 1)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "backbone": {"name": structure.backbone, "params": structure.backbone_params},
+        "backbone": {"name": structure.backbone, "params": structure.backbone_params,
+                     **({} if structure.backbone_fingerprint is None else {"fingerprint": structure.backbone_fingerprint})},
         "budget": {"value": structure.budget, "params": structure.budget_params},
         "search_space": structure.search_space,
         "total_size": structure.total_size,
@@ -196,6 +204,7 @@ def structure_from_json(data: Any, positions: Sequence[Position] | None = None, 
         budget_params=r.get(budget, "params", int, "budget", optional=True),
         search_space=r.get(data, "search_space", str, "", optional=True),
         source=source,
+        backbone_fingerprint=r.get(backbone, "fingerprint", dict, "backbone", optional=True),
     )
     seen: set[tuple[str, str]] = set()
     for i, item in enumerate(r.get(data, "chosen", list, "")):
@@ -219,6 +228,8 @@ def structure_from_json(data: Any, positions: Sequence[Position] | None = None, 
             raise r.fail(f"{where}: a second delta with key {entry.key!r} at {entry.path}")
         seen.add((entry.path, entry.key))
         structure.chosen.append(entry)
+    if not structure.chosen:
+        raise r.fail("chosen is empty: a structure needs at least one module to re-train")
     for i, item in enumerate(r.get(data, "candidates", list, "")):
         where = f"candidates[{i}]"
         for key, types in (("path", str), ("delta_type", str), ("size", int)):

@@ -1,1 +1,3 @@
-"""Backbones (Flax T5), checkpoint conversion, tokenizers and hub access."""
+"""Backbones: the `Backbone` interface (backbone.py), the model families (t5/, bert/), the registry
+that picks a family for a config (registry.py), and what the families share (checkpoint files,
+tokenizers, hub access, dtypes). Importing this package loads no model family."""

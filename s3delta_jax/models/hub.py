@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+from s3delta_jax.errors import UserError
+
 HUB_HOST = "huggingface.co"
 OFFLINE_HINT = (
     "pass a local directory instead (a Hugging Face T5 checkpoint with config.json and "
@@ -13,7 +15,7 @@ OFFLINE_HINT = (
 )
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(UserError, RuntimeError):
     """A hub id was requested but the hub cannot be reached (or offline mode is on)."""
 
 

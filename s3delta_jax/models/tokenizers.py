@@ -13,9 +13,16 @@ import os
 import tempfile
 from typing import Protocol, Sequence
 
+from s3delta_jax.errors import UserError
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
+SPIECE_FILE = "spiece.model"
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer whose files are missing."""
 
 
 class Tokenizer(Protocol):
@@ -68,6 +75,12 @@ class SentencePieceTokenizer:
 
         if os.path.isfile(name_or_path):
             self._tok = _tokenizer_from_spiece_file(name_or_path)
+        elif os.path.isdir(name_or_path):
+            spiece = os.path.join(name_or_path, SPIECE_FILE)
+            if not os.path.isfile(spiece):
+                raise TokenizerError(f"no {SPIECE_FILE} in {name_or_path!r}: copy the model's SentencePiece file "
+                                     "there, or pass one as --config.model.tokenizer=/path/to/spiece.model")
+            self._tok = _tokenizer_from_spiece_file(spiece)
         else:
             resolve_offline(name_or_path, what="tokenizer")
             self._tok = T5Tokenizer.from_pretrained(name_or_path)

@@ -10,7 +10,7 @@
     state = searcher.init(jax.random.PRNGKey(0))
     for batch_delta, batch_alpha in batches:
         state, metrics = searcher.step(state, params, batch_delta, batch_alpha)
-    chosen = searcher.select(state)                               # list of Candidates
+    chosen = searcher.select(state.alpha)                         # list of Candidates
 
 `loss_fn(apply_fn, params, batch, dropout_key)` computes the task loss with `apply_fn`, which has the
 signature of `model.apply` and already carries the gated deltas. Parameters that must always train

@@ -5,7 +5,7 @@
     state = searcher.init(jax.random.PRNGKey(0))
     for batch_delta, batch_alpha in zip(d_delta, d_alpha):
         state, metrics = searcher.step(state, params, batch_delta, batch_alpha)
-    chosen = searcher.select(state)            # the candidates of the final structure
+    chosen = searcher.select(state.alpha)      # the candidates of the final structure
 
 `loss_fn(apply_fn, params, batch, dropout_key) -> scalar` is the user's task loss, written against
 `apply_fn`, which has the signature of `model.apply` and carries the gated delta modules.
@@ -51,6 +51,9 @@ class Searcher:
       total_steps: length of the linear learning-rate decays.
       settings: estimator, virtual step, tau, gate mode, clipping (defaults: the reference).
       learning_rate / alpha_learning_rate: AdamW learning rates of delta and alpha.
+      jit: how `step` is compiled, `jit(step_fn) -> compiled` for
+        `step_fn(state, params, batch_delta, batch_alpha)`; the programs pass one with the
+        partitioner's shardings (default: `jax.jit`).
     """
 
     model_apply: Callable[..., Any]
@@ -61,13 +64,14 @@ class Searcher:
     settings: SearchSettings = dataclasses.field(default_factory=SearchSettings)
     learning_rate: float = 3e-4
     alpha_learning_rate: float = 0.1
+    jit: Callable[[Callable], Callable] = jax.jit
 
     def __post_init__(self):
         self.sizes = np.array([c.size for c in self.candidates], dtype=np.int64)
         gates.validate_budget(self.sizes, self.budget)
         self.delta_optimizer, delta_schedule = adamw_with_linear_decay(self.learning_rate, self.total_steps)
         self.alpha_optimizer, _ = adamw_with_linear_decay(self.alpha_learning_rate, self.total_steps)
-        self.step = jax.jit(make_search_step(
+        self.step = self.jit(make_search_step(
             self.loss_fn, self.model_apply, self.candidates, self.sizes, self.budget, self.settings,
             self.delta_optimizer, self.alpha_optimizer, delta_schedule,
         ))
@@ -80,16 +84,17 @@ class Searcher:
         return init_search_state(delta, len(self.candidates), self.delta_optimizer, self.alpha_optimizer, state_key,
                                  extra=extra)
 
-    def probabilities(self, state: SearchState) -> jax.Array:
-        """p f32[N]: the gate probabilities at the budget."""
-        return expected_probabilities(state.alpha, self.sizes, self.budget, self.settings)
+    def probabilities(self, alpha: jax.Array) -> jax.Array:
+        """p f32[N] of alpha f32[N] (`state.alpha`): the gate probabilities at the budget."""
+        return expected_probabilities(alpha, self.sizes, self.budget, self.settings)
 
-    def apply_with_expected_gates(self, state: SearchState) -> Callable[..., Any]:
+    def apply_with_expected_gates(self, delta: Any, alpha: jax.Array) -> Callable[..., Any]:
         """`model.apply` with every candidate gated by p (the search's evaluation, z = p)."""
-        return with_deltas(self.model_apply, self.candidates, state.delta, self.probabilities(state))
+        return with_deltas(self.model_apply, self.candidates, delta, self.probabilities(alpha))
 
-    def select(self, state: SearchState, strategy: str = "greedy", seed: int | None = None) -> list[Candidate]:
-        """The final structure: candidates chosen from p within the budget ('greedy', 'knapsack', 'random')."""
-        p = np.asarray(self.probabilities(state))
+    def select(self, alpha: jax.Array, strategy: str = "greedy", seed: int | None = None) -> list[Candidate]:
+        """The final structure from `state.alpha`: candidates chosen from p within the budget
+        ('greedy', 'knapsack', 'random')."""
+        p = np.asarray(self.probabilities(alpha))
         mask = select_lib.select(strategy, p, self.sizes, self.budget, seed=seed)
         return candidates_from_mask(self.candidates, mask)

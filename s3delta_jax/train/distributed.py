@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from s3delta_jax.train.errors import UserError
+from s3delta_jax.errors import UserError
 
 
 def start_processes(distributed_config: ml_collections.ConfigDict) -> None:

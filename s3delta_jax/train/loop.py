@@ -2,23 +2,36 @@
 
 Each step: take the batches, run the jitted step, log; every `eval_every` steps (and at the end)
 evaluate on the validation split and keep the best (>=, as in the reference) state; checkpoint the
-full state and the data position so that re-running the same command resumes exactly.
+full state and the data position so that re-running the same command resumes exactly. A run resumes
+from the newest readable checkpoint (checkpoints.RunCheckpoints.resume), the best one included.
+
+SIGINT (Ctrl-C) and SIGTERM (e.g. a preemptible TPU VM) stop the loop between two steps: the state
+after the last completed step is checkpointed with its loader positions and best-so-far, one line
+says so, and the process exits with 130 / 143 (RunInterrupted). A second signal of the same kind
+acts as it would without the loop (KeyboardInterrupt, termination). The processes of a multi-process
+run stop together at the next evaluation or checkpoint step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from s3delta_jax.data import TrainBatches
 from s3delta_jax.train.checkpoints import RunCheckpoints
 from s3delta_jax.train.outputs import MetricsLog
 from s3delta_jax.train.progress import Progress
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclasses.dataclass
@@ -48,7 +61,8 @@ class Phase:
 @dataclasses.dataclass
 class PhaseResult:
     """The final state, the best validation score/step/metrics, the step the run resumed from (0: a
-    fresh start) and the seconds this run took."""
+    fresh start), the seconds this run took; the phase's name and length, and the checkpoint it
+    resumed from (None: a fresh start), for the final summary."""
 
     state: Any
     best_score: float
@@ -56,6 +70,22 @@ class PhaseResult:
     best_metrics: dict[str, float]
     start_step: int
     seconds: float
+    phase: str = ""
+    total_steps: int = 0
+    resumed_from: str | None = None
+
+    @property
+    def primary_metric(self) -> str:
+        """The name of the metric `best_score` is (the first of `best_metrics`)."""
+        return next(iter(self.best_metrics), "")
+
+
+class RunInterrupted(SystemExit):
+    """The loop stopped on a signal after checkpointing `step`; exits with 128 + the signal number."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(128 + signum)
+        self.step, self.signum = step, signum
 
 
 def phase_steps(num_examples: int, phase_config: Any) -> tuple[int, int]:
@@ -67,25 +97,42 @@ def phase_steps(num_examples: int, phase_config: Any) -> tuple[int, int]:
 
 def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: str,
               writer: bool) -> PhaseResult:
-    """Runs `phase` from `state`, or from the latest checkpoint in `checkpoints` when there is one.
+    """Runs `phase` from `state`, or from the newest readable checkpoint in `checkpoints`.
 
     Every process runs it; only the `writer` logs metrics and shows progress. A checkpoint is restored
-    onto the shardings of `state`, so a run may resume on a different mesh.
+    onto the shardings of `state`, so a run may resume on a different mesh. On SIGINT / SIGTERM it
+    checkpoints the last completed step, closes `checkpoints` and raises RunInterrupted (see the
+    module docstring); on any other exception it closes `checkpoints` too.
     """
+    try:
+        with _StopSignals() as stop:
+            return _run(phase, state, checkpoints, metrics_path, writer, stop)
+    except BaseException:
+        checkpoints.close()
+        raise
+
+
+def _run(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: str, writer: bool,
+         stop: _StopSignals) -> PhaseResult:
     started = time.monotonic()
     best = {"score": -math.inf, "step": -1, "metrics": {}}
-    start_step = 0
-    if checkpoints.latest_step() is not None:
-        state, meta = checkpoints.restore_latest(state)
+    start_step, resumed_from = 0, None
+    progress = Progress(phase.name, phase.total_steps, log_every=max(phase.total_steps // 20, 1)) if writer else None
+
+    def say(text: str) -> None:
+        if writer:
+            progress.message(text)
+
+    resumed = checkpoints.resume(state)
+    if resumed is not None:
+        state, meta, resumed_from = resumed.state, resumed.meta, resumed.path
         start_step = int(meta["step"])
         checkpoints.discard_best_after(start_step)
-        best = meta["best"]
-        best["score"] = float(best["score"]) if best["score"] is not None else -math.inf
+        best = {**meta["best"], "score": -math.inf if meta["best"]["score"] is None else float(meta["best"]["score"])}
         for loader, loader_state in zip(phase.loaders, meta["loaders"]):
             loader.epoch, loader.position = loader_state["epoch"], loader_state["position"]
+        say(f"resuming the {phase.name} from step {start_step} ({resumed_from})")
     log = MetricsLog(metrics_path, start_step if start_step else None) if writer else None
-    progress = Progress(phase.name, phase.total_steps, start=start_step,
-                        log_every=max(phase.total_steps // 20, 1)) if writer else None
     checkpoint_every = phase.checkpoint_every if phase.checkpoint_every > 0 else phase.eval_every
 
     def emit(step: int, metrics: dict, scores: dict[str, float]) -> None:
@@ -97,29 +144,90 @@ def run_phase(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_pat
             log.write(record)
             progress.update(step, **{k: v for k, v in record.items() if k.startswith(("loss", "val_"))})
 
+    def meta(step: int) -> dict:
+        return {"step": step, "best": _json_best(best), "loaders": [loader.state() for loader in phase.loaders]}
+
     # A step's metrics are fetched after the next step is dispatched, so the device is not left idle
     # while the host logs and prepares batches; logging catches up before every checkpoint.
-    pending = None
+    pending, saved_step, evaluated = None, start_step, False
     for step in range(start_step + 1, phase.total_steps + 1):
         batches = [next(loader) for loader in phase.loaders]
+        if step == start_step + 1:
+            say(f"compiling the {phase.name} step ... (first step only)")
         state, metrics = phase.step_fn(state, *batches)
         if pending is not None:
             emit(*pending)
         pending = (step, metrics, {})
         last = step == phase.total_steps
         if step % phase.eval_every == 0 or last:
+            if not evaluated:
+                say("compiling the evaluation ... (first evaluation only)")
+                evaluated = True
             scores = phase.evaluate(state)
-            pending[2].update(scores)
+            emit(step, metrics, scores)
+            pending = None
             score = next(iter(scores.values()))
             if score >= best["score"]:
                 best = {"score": score, "step": step, "metrics": scores}
-                checkpoints.save_best(step, phase.best_payload(state), {"step": step, "metrics": scores})
-        if step % checkpoint_every == 0 or last:
-            emit(*pending)
-            pending = None
-            meta = {"step": step, "best": _json_best(best), "loaders": [l.state() for l in phase.loaders]}
-            checkpoints.save_latest(step, state, meta)
-    return PhaseResult(state, best["score"], best["step"], best["metrics"], start_step, time.monotonic() - started)
+                checkpoints.save_best(step, phase.best_payload(state), meta(step), train_state=state)
+        stopping = stop.seen(at_boundary=step % checkpoint_every == 0 or step % phase.eval_every == 0 or last)
+        if step % checkpoint_every == 0 or last or stopping is not None:
+            if pending is not None:
+                emit(*pending)
+                pending = None
+            checkpoints.save_latest(step, state, meta(step))
+            saved_step = step
+        if stopping is not None:
+            _stop(step, stopping, checkpoints, say)
+    stopping = stop.seen(at_boundary=True)  # a signal after the last step's check (it is checkpointed)
+    if stopping is not None:
+        _stop(saved_step, stopping, checkpoints, say)
+    return PhaseResult(state, best["score"], best["step"], best["metrics"], start_step, time.monotonic() - started,
+                       phase=phase.name, total_steps=phase.total_steps, resumed_from=resumed_from)
+
+
+def _stop(step: int, signum: int, checkpoints: RunCheckpoints, say: Callable[[str], None]) -> None:
+    checkpoints.close()
+    say(f"interrupted at step {step} ({signal.Signals(signum).name}): checkpoint saved, re-run the same "
+        "command to resume")
+    raise RunInterrupted(step, signum)
+
+
+class _StopSignals:
+    """While entered (on the main thread), SIGINT and SIGTERM only set `signum`; the loop asks `seen`
+    between steps. A second signal of the kind already seen goes to the handler from before."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def seen(self, at_boundary: bool) -> int | None:
+        """The signal to stop on after this step, or None. One process reads its own flag (once: a
+        signal from here on is seen after the next step). The processes of a multi-process run must
+        stop at the same step, so they agree only at evaluation / checkpoint steps (`at_boundary`),
+        where they wait for each other anyway, and stop on any process's signal."""
+        if jax.process_count() == 1:
+            return self.signum
+        if not at_boundary:
+            return None
+        signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        return int(np.max(signums)) or None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        elif signum == self.signum:
+            signal.signal(signum, self._previous[signum])
+            os.kill(os.getpid(), signum)
 
 
 def _json_best(best: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Files a run writes into its workdir: config.json, metrics.jsonl, gates.tsv, heatmap.png, results.json.
+"""Files a run writes into its workdir (config.json, metrics.jsonl, gates.tsv, heatmap.png, results.json)
+and the summary it prints at the end.
 
 Only process 0 writes them (see `is_writer`); JSON files are written to a temporary name and renamed,
 so a killed run never leaves a half-written file.
@@ -6,13 +7,20 @@ so a killed run never leaves a half-written file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
-from typing import Any, Iterable, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 import jax
 import numpy as np
+
+from s3delta_jax.train.progress import format_seconds
+
+if TYPE_CHECKING:
+    from s3delta_jax.train.loop import PhaseResult
 
 
 def is_writer() -> bool:
@@ -63,16 +71,32 @@ def write_gates_tsv(path: str, candidates: Sequence[Any], alpha: np.ndarray, p: 
 
 
 _INDEXED = re.compile(r"^(.*)_(\d+)$")
+HEATMAP_CELL_INCHES = (0.32, 0.2)  # width, height of one cell
+LABEL_FONT_SIZE = 6
+CANNOT_ACT_GREY = "#9e9e9e"  # cells without a candidate (p = 0 is near white)
 
 
-def heatmap_cells(candidates: Iterable[Any], p: np.ndarray) -> dict[str, dict[tuple[str, str], float]]:
-    """Groups p by panel (top-level module, e.g. encoder/decoder), row (position type) and column (layer).
+@dataclasses.dataclass(frozen=True)
+class HeatmapPanel:
+    """One stack (encoder, decoder, ...) of the heatmap: p[row, column] per position type x layer, NaN
+    where there is no candidate (the delta type cannot act there), and which cells were chosen."""
 
-    The layer is the first path component named `<name>_<i>` (T5's `block_i`); the row is the rest of
-    the path below it plus the delta type, e.g. `layer_0/SelfAttention/q:lora`. Candidates outside any
-    layer (final norms) go to the column `final`.
+    name: str
+    rows: list[str]
+    columns: list[str]
+    p: np.ndarray  # f64[rows, columns]
+    chosen: np.ndarray  # bool[rows, columns]
+
+
+def heatmap_panels(candidates: Sequence[Any], p: np.ndarray, chosen: np.ndarray | None = None) -> list[HeatmapPanel]:
+    """Groups p (and the chosen mask, bool[candidates]) by panel, row and column.
+
+    The panel is the top-level module (encoder / decoder); the column is the layer, the first path
+    component named `<name>_<i>` (T5's `block_i`); the row is the rest of the path below it plus the
+    delta type, e.g. `layer_0/SelfAttention/q:lora`. Candidates outside any layer (final norms) go to
+    the column `final`.
     """
-    panels: dict[str, dict[tuple[str, str], float]] = {}
+    cells: dict[str, dict[tuple[str, str], Any]] = {}
     for c in candidates:
         path = c.position.path
         column, row_parts = "final", path[1:]
@@ -81,32 +105,83 @@ def heatmap_cells(candidates: Iterable[Any], p: np.ndarray) -> dict[str, dict[tu
             if match:
                 column, row_parts = match.group(2), path[depth + 1:]
                 break
-        row = "/".join(row_parts) + f":{c.key}"
-        panels.setdefault(path[0], {})[(row, column)] = float(p[c.index])
+        cells.setdefault(path[0], {})[("/".join(row_parts) + f":{c.key}", column)] = c.index
+    panels = []
+    for name, indices in cells.items():
+        rows = list(dict.fromkeys(r for r, _ in indices))
+        columns = sorted({c for _, c in indices}, key=lambda c: (c == "final", int(c) if c.isdigit() else 0))
+        grid, picked = np.full((len(rows), len(columns)), np.nan), np.zeros((len(rows), len(columns)), bool)
+        for (r, c), index in indices.items():
+            grid[rows.index(r), columns.index(c)] = p[index]
+            picked[rows.index(r), columns.index(c)] = chosen is not None and bool(chosen[index])
+        panels.append(HeatmapPanel(name, rows, columns, grid, picked))
     return panels
 
 
-def write_heatmap(path: str, candidates: Sequence[Any], p: np.ndarray, title: str) -> None:
-    """heatmap.png: p per layer x position type, one panel per stack (the paper's Figures 3 and 5)."""
+def heatmap_figure(candidates: Sequence[Any], p: np.ndarray, title: str, chosen: np.ndarray | None = None):
+    """The heatmap as a matplotlib Figure: p per layer x position type, one panel per stack (the paper's
+    Figures 3 and 5); grey cells: the delta type cannot act there; black dots: the chosen modules. Each
+    panel is as wide as its labels and cells need, so the panels' labels never overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    panels = heatmap_cells(candidates, p)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2, 8), squeeze=False)
-    for ax, (panel, cells) in zip(axes[0], panels.items()):
-        rows = list(dict.fromkeys(r for r, _ in cells))
-        columns = sorted({c for _, c in cells}, key=lambda c: (c == "final", int(c) if c.isdigit() else 0))
-        grid = np.full((len(rows), len(columns)), np.nan)
-        for (r, c), value in cells.items():
-            grid[rows.index(r), columns.index(c)] = value
-        image = ax.imshow(grid, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0)
-        ax.set_xticks(range(len(columns)), columns, fontsize=6)
-        ax.set_yticks(range(len(rows)), rows, fontsize=6)
-        ax.set_title(f"{panel}: p per layer")
+    panels = heatmap_panels(candidates, p, chosen)
+    label_inches = [max(map(len, panel.rows)) * LABEL_FONT_SIZE * 0.62 / 72 for panel in panels]
+    widths = [len(panel.columns) * HEATMAP_CELL_INCHES[0] + label for panel, label in zip(panels, label_inches)]
+    height = max(len(panel.rows) for panel in panels) * HEATMAP_CELL_INCHES[1] + 2.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1.5, height), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": widths})
+    cmap = plt.get_cmap("Blues").with_extremes(bad=CANNOT_ACT_GREY)
+    for ax, panel in zip(axes[0], panels):
+        image = ax.imshow(np.ma.masked_invalid(panel.p), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0)
+        rows, columns = np.nonzero(panel.chosen)
+        ax.scatter(columns, rows, s=9, c="black", edgecolors="white", linewidths=0.4)
+        ax.set_xticks(range(len(panel.columns)), panel.columns, fontsize=LABEL_FONT_SIZE)
+        ax.set_yticks(range(len(panel.rows)), panel.rows, fontsize=LABEL_FONT_SIZE)
+        ax.set_title(f"{panel.name}: p per layer", fontsize=9)
         ax.set_xlabel("layer")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.6, label="p")
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    legend = [Patch(color=CANNOT_ACT_GREY, label="the delta type cannot act here")]
+    if chosen is not None:
+        legend.insert(0, Line2D([], [], marker="o", linestyle="", color="black", label="chosen"))
+    fig.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def write_heatmap(path: str, candidates: Sequence[Any], p: np.ndarray, title: str,
+                  chosen: np.ndarray | None = None) -> None:
+    """heatmap.png of `heatmap_figure` (chosen: bool[candidates], the selected structure)."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(candidates, p, title, chosen)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary_lines(result: PhaseResult, paths: Sequence[str] = (), modules: int | None = None,
+                  trainable_params: int | None = None, backbone_params: int | None = None) -> list[str]:
+    """The final summary of a phase: its best validation metrics and step, the structure's size (when
+    given) and the output files."""
+    metrics = ", ".join(f"{name} {value:.4g}" for name, value in result.best_metrics.items()) or "no evaluation"
+    resumed = f", resumed from step {result.start_step}" if result.start_step else ""
+    lines = [f"{result.phase} finished in {format_seconds(result.seconds)}{resumed}: best validation {metrics} "
+             f"at step {result.best_step} of {result.total_steps}"]
+    if trainable_params is not None:
+        size = f"structure: {modules} modules, " if modules is not None else "structure: "
+        ratio = (f" = {1e4 * trainable_params / backbone_params:.3g} per ten-thousand of the backbone's "
+                 f"{backbone_params:,}") if backbone_params else ""
+        lines.append(f"{size}{trainable_params:,} trainable parameters{ratio}")
+    lines += [f"wrote {os.path.abspath(path)}" for path in paths]
+    return lines
+
+
+def write_summary(lines: Sequence[str], stream: TextIO | None = None) -> None:
+    """Prints the summary lines (to stdout by default)."""
+    stream = stream or sys.stdout
+    stream.write("".join(f"{line}\n" for line in lines))
+    stream.flush()

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from s3delta_jax.train.errors import UserError
+from s3delta_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "model")
@@ -172,8 +172,9 @@ class Partitioner:
 
     @functools.cached_property
     def batch(self) -> NamedSharding:
-        """Of batch arrays [rows, length]: rows split over the mesh axes of the 'batch' rule."""
-        return nn.logical_to_mesh_sharding(PartitionSpec("batch", "length"), self.mesh, self.rules)
+        """Of batch arrays [rows, ...] (token ids [rows, length], labels [rows]): rows split over the mesh
+        axes of the 'batch' rule, every other dimension whole."""
+        return nn.logical_to_mesh_sharding(PartitionSpec("batch"), self.mesh, self.rules)
 
     @functools.cached_property
     def batch_shards(self) -> int:

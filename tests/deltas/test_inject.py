@@ -19,6 +19,7 @@ from s3delta_jax.deltas import (
     init_delta,
     with_deltas,
 )
+from s3delta_jax.models.t5.spaces import SPACES as T5_SPACES
 
 
 # ------------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_lnfit_on_a_registered_custom_norm(gammanet):
 
 def test_zero_contributions_leave_t5_unchanged(tiny_t5):
     """All 'zero at init' deltas on, and the (non-zero) low-rank adapters gated off: exactly the backbone."""
-    candidates = expand("s3pet_mix", tiny_t5.positions).candidates
+    candidates = expand(T5_SPACES["s3pet_mix"], tiny_t5.positions).candidates
     delta = init_delta(jax.random.key(0), candidates)
     gates = jnp.asarray([0.0 if c.delta_type == "low_rank_adapter" else 1.0 for c in candidates])
     ungated = [c for c in candidates if c.delta_type != "low_rank_adapter"]
@@ -208,7 +209,7 @@ def test_cached_decoding_sees_the_same_deltas(tiny_t5):
 
 
 def test_init_delta_layout_and_independence(tiny_t5):
-    candidates = expand("s3pet_mix", tiny_t5.positions).candidates
+    candidates = expand(T5_SPACES["s3pet_mix"], tiny_t5.positions).candidates
     delta = init_delta(jax.random.key(7), candidates)
     q = delta["encoder"]["block_0"]["layer_0"]["SelfAttention"]["q"]
     assert set(q) == {"lora", "bitfit"} and set(q["lora"]) == {"A", "B"}
@@ -220,7 +221,7 @@ def test_init_delta_layout_and_independence(tiny_t5):
 
 def test_gates_are_indexed_by_candidate_index(tiny_t5):
     """A subset of candidates keeps its indices; gate i scales candidate i only."""
-    everything = expand("s3pet_mix", tiny_t5.positions).candidates
+    everything = expand(T5_SPACES["s3pet_mix"], tiny_t5.positions).candidates
     lras = [c for c in everything if c.delta_type == "low_rank_adapter"][:2]
     delta = init_delta(jax.random.key(0), everything)
     gates = jnp.zeros((len(everything),)).at[lras[1].index].set(1.0)
@@ -235,7 +236,7 @@ def test_gates_are_indexed_by_candidate_index(tiny_t5):
 
 
 def test_missing_delta_parameters_and_short_gate_vectors_are_errors(tiny_t5):
-    candidates = expand("s3pet_lora", tiny_t5.positions).candidates
+    candidates = expand(T5_SPACES["s3pet_lora"], tiny_t5.positions).candidates
     delta = init_delta(jax.random.key(0), candidates[:-1])
     with pytest.raises(InjectionError, match=r"no parameters for candidate decoder/block_0/layer_2/DenseReluDense/wo:lora \(missing 'wo'\)"):
         with_deltas(tiny_t5.model.apply, candidates, delta)

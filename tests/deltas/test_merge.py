@@ -8,6 +8,7 @@ import numpy as np
 from deltas_reference import make_candidates, random_delta
 
 from s3delta_jax.deltas import Rule, expand, make_candidate, merge_deltas, position_table, with_deltas
+from s3delta_jax.models.t5.spaces import SPACES as T5_SPACES
 
 
 def merged_and_injected(model_apply, params, candidates, delta, *args):
@@ -62,7 +63,7 @@ def test_merge_into_a_registered_norms_own_parameters(gammanet):
 
 
 def test_merge_on_t5(tiny_t5):
-    candidates = expand("s3pet_mix", tiny_t5.positions).candidates
+    candidates = expand(T5_SPACES["s3pet_mix"], tiny_t5.positions).candidates
     candidates.append(make_candidate(len(candidates), position_table(tiny_t5.positions)["shared@attend"], "bitfit", {}))
     delta = random_delta(candidates, scale=0.1)
     b = tiny_t5.batch

@@ -41,6 +41,21 @@ def test_baseline_table_and_local_config_dir(capsys, tmp_path):
 
 def test_bad_model_is_a_one_line_error(capsys, tmp_path):
     code, out, err = run(capsys, "--model", str(tmp_path))
-    assert code == 2 and out == "" and err == f"error: {tmp_path}: the directory has no config.json\n"
+    assert code == 2 and out == "" and err == f"error: --model '{tmp_path}': no config.json in '{tmp_path}': pass a Hugging Face checkpoint directory\n"
     code, _, err = run(capsys, "--model", "t5-huge")
-    assert code == 2 and err.startswith("error: --model 't5-huge' is neither a local directory with config.json nor a preset")
+    assert code == 2 and err.startswith("error: --model 't5-huge': model.random_init needs a preset name, got 't5-huge'")
+
+
+def test_minilm_mix_space_counts(capsys):
+    """The BERT mix space on all-MiniLM-L6-v2's shapes: 110 candidates, 86,448 parameters."""
+    code, out, _ = run(capsys, "--model", "minilm-l6", "--space", "s3pet_mix", "--budget", "2e-4", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["family"] == "bert"
+    assert (summary["candidates"], summary["delta_params"]) == (110, 86_448)
+    assert (summary["backbone_params"], summary["budget_params"]) == (22_565_376, 4_513)
+    assert summary["by_type"] == {
+        "lora": {"count": 36, "params": 41_472},
+        "bitfit": {"count": 49, "params": 25_728},
+        "lnfit": {"count": 13, "params": 4_992},
+        "low_rank_adapter": {"count": 12, "params": 14_256},
+    }

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from s3delta_jax.deltas import Rule, SpaceError, candidates_from_mask, discover_positions, expand, type_breakdown
-from s3delta_jax.deltas.spaces import T5_SELF_LINEARS
 from s3delta_jax.models import t5
+from s3delta_jax.models.t5.spaces import SELF_LINEARS as T5_SELF_LINEARS
+from s3delta_jax.models.t5.spaces import SPACES as T5_SPACES
 
 
 def test_s3pet_mix_on_t5_large(t5_large_positions):
-    expansion = expand("s3pet_mix", t5_large_positions)
+    expansion = expand(T5_SPACES["s3pet_mix"], t5_large_positions)
     assert len(expansion.candidates) == 916
     assert expansion.total_size == 1_881_088
     assert [c.index for c in expansion.candidates] == list(range(916))
@@ -37,7 +38,7 @@ def test_s3pet_mix_on_t5_large(t5_large_positions):
 
 def test_expansion_order(t5_large_positions):
     """Pass 0 before pass 1; at one position parallel before sequential; positions in call order."""
-    candidates = expand("s3pet_mix", t5_large_positions).candidates
+    candidates = expand(T5_SPACES["s3pet_mix"], t5_large_positions).candidates
     passes = [c.pass_index for c in candidates]
     assert passes == sorted(passes) and passes.count(1) == 96
     assert [(c.position.name, c.delta_type) for c in candidates[:4]] == [
@@ -56,10 +57,10 @@ def test_expansion_order(t5_large_positions):
 
 
 def test_other_presets(t5_large_positions):
-    lora = expand("s3pet_lora", t5_large_positions)
+    lora = expand(T5_SPACES["s3pet_lora"], t5_large_positions)
     assert (len(lora.candidates), lora.total_size) == (288, 884_736)
     assert {c.delta_type for c in lora.candidates} == {"lora"}
-    full = expand("mix_all_linear", t5_large_positions)
+    full = expand(T5_SPACES["mix_all_linear"], t5_large_positions)
     cross = [c for c in full.candidates if "EncDecAttention" in c.position.name]
     assert len(full.candidates) == 916 + len(cross) and len(cross) == 24 * 4 * 2
     assert full.total_size == 1_881_088 + 24 * 4 * (2048 + 1024)
@@ -69,7 +70,7 @@ def test_v1_1_wi_rule_matches_both_gates(tiny_t5):
     config = dataclasses.replace(tiny_t5.config, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     positions = discover_positions(t5.T5ForConditionalGeneration(config), ids, ids, ids, ids)
-    lora = expand("s3pet_lora", positions).candidates
+    lora = expand(T5_SPACES["s3pet_lora"], positions).candidates
     ffn = sorted({c.position.path[-1] for c in lora if "DenseReluDense" in c.position.name})
     assert ffn == ["wi_0", "wi_1", "wo"]
     assert len(lora) == 2 * 7  # 1 encoder + 1 decoder block x (q k v o wi_0 wi_1 wo)
@@ -97,7 +98,7 @@ def test_rule_errors(t5_large_positions):
         Rule("(q", ("linear",), "lora")
     with pytest.raises(SpaceError, match="both put key 'lora' at encoder/block_0/layer_0/SelfAttention/q"):
         expand([[Rule("SelfAttention/q", "linear", "lora"), Rule("SelfAttention/(q|k)", "linear", "lora", {"r": 2})]], t5_large_positions)
-    with pytest.raises(SpaceError, match="unknown search space 'mix'"):
+    with pytest.raises(SpaceError, match="takes rules, not the preset name 'mix'"):
         expand("mix", t5_large_positions)
 
 

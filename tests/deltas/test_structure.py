@@ -21,13 +21,14 @@ from s3delta_jax.deltas import (
     structure_from_candidates,
     structure_to_json,
 )
+from s3delta_jax.models.t5.spaces import SPACES as T5_SPACES
 
 T5_LARGE = 737_639_424
 
 
 @pytest.fixture(scope="module")
 def mix(t5_large_positions):
-    return expand("s3pet_mix", t5_large_positions).candidates
+    return expand(T5_SPACES["s3pet_mix"], t5_large_positions).candidates
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_structure_that_does_not_fit_the_backbone(tmp_path, searched, tiny_t5, t
     with pytest.raises(StructureError, match=rf"{path}: chosen\[0\] {first.delta_type} at {first.path}: no such position in the given backbone"):
         load_structure(path, without_first)
     searched_on_large = structure_from_candidates(
-        [c for c in expand("s3pet_lora", t5_large_positions).candidates if c.position.name == "encoder/block_0/layer_0/SelfAttention/q"]
+        [c for c in expand(T5_SPACES["s3pet_lora"], t5_large_positions).candidates if c.position.name == "encoder/block_0/layer_0/SelfAttention/q"]
     )
     save_structure(path, searched_on_large)
     with pytest.raises(StructureError, match=r"chosen\[0\] lora at encoder/block_0/layer_0/SelfAttention/q: size 2048 in the file but 96 on the given backbone"):

@@ -16,7 +16,9 @@ import torch
 import transformers
 from t5_reference import TINY, hf_forward
 
-from s3delta_jax.models import convert, t5
+from s3delta_jax.models import t5
+from s3delta_jax.models import checkpoint_files
+from s3delta_jax.models.t5 import convert
 from s3delta_jax.models.hub import HubUnavailableError
 
 
@@ -42,15 +44,15 @@ def reference(hf_checkpoint):
 def test_sharded_safetensors_and_pytorch_bin_load_the_same_params(hf_checkpoint, reference, tmp_path):
     sharded = tmp_path / "sharded"
     hf_checkpoint.model.save_pretrained(sharded, max_shard_size="20KB")
-    assert (sharded / convert.SAFETENSORS_INDEX).is_file() and len(list(sharded.glob("*.safetensors"))) > 2
+    assert (sharded / checkpoint_files.SAFETENSORS_INDEX).is_file() and len(list(sharded.glob("*.safetensors"))) > 2
     _assert_same_params(t5.from_pretrained(str(sharded))[1], reference[1])
 
     pickled = tmp_path / "bin"
     pickled.mkdir()
-    shutil.copy(hf_checkpoint.directory / convert.CONFIG_FILE, pickled)
+    shutil.copy(hf_checkpoint.directory / checkpoint_files.CONFIG_FILE, pickled)
     state_dict = hf_checkpoint.model.state_dict()  # with the tied copies (embed_tokens, tied lm_head)
     assert "encoder.embed_tokens.weight" in state_dict and "lm_head.weight" in state_dict
-    torch.save(state_dict, pickled / convert.TORCH_FILE)
+    torch.save(state_dict, pickled / checkpoint_files.TORCH_FILE)
     _assert_same_params(t5.from_pretrained(str(pickled))[1], reference[1])
 
 
@@ -98,7 +100,7 @@ def test_save_checkpoint_round_trips_through_transformers(hf_checkpoint, referen
 
 @pytest.fixture(scope="module")
 def tiny_state_dict(hf_checkpoint):
-    return convert.read_state_dict(str(hf_checkpoint.directory))
+    return checkpoint_files.read_state_dict(str(hf_checkpoint.directory))
 
 
 @pytest.mark.parametrize("hf_checkpoint", ["gated_untied"], indirect=True)
@@ -120,30 +122,30 @@ def test_mismatched_state_dicts_fail_with_one_line_errors(reference, tiny_state_
         "other head": ({**tiny_state_dict, convert.LM_HEAD: -tiny_state_dict[convert.SHARED]}, ["tie_word_embeddings"]),
     }
     for state_dict, fragments in cases.values():
-        with pytest.raises(convert.CheckpointError) as excinfo:
+        with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
             convert.params_from_state_dict(state_dict, config)
         _one_line_error(excinfo, *fragments)
-    with pytest.raises(convert.CheckpointError) as excinfo:
+    with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
         convert.params_from_state_dict(tiny_state_dict, config, vocab_size=config.vocab_size + 1)
     _one_line_error(excinfo, "vocab_size")
 
 
 def test_bad_directories_fail_with_one_line_errors(tmp_path, monkeypatch):
-    (tmp_path / convert.CONFIG_FILE).write_text(json.dumps(t5.get_config("t5-small").to_hf_dict()))
-    with pytest.raises(convert.CheckpointError) as excinfo:
+    (tmp_path / checkpoint_files.CONFIG_FILE).write_text(json.dumps(t5.get_config("t5-small").to_hf_dict()))
+    with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
         t5.from_pretrained(str(tmp_path))
-    _one_line_error(excinfo, "no weights", convert.SAFETENSORS_FILE)
+    _one_line_error(excinfo, "no weights", checkpoint_files.SAFETENSORS_FILE)
 
-    (tmp_path / convert.TORCH_FILE).write_bytes(b"")
+    (tmp_path / checkpoint_files.TORCH_FILE).write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
-    with pytest.raises(convert.CheckpointError) as excinfo:
+    with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
         t5.from_pretrained(str(tmp_path))
     _one_line_error(excinfo, "torch is not installed")
 
-    (tmp_path / convert.CONFIG_FILE).unlink()
-    with pytest.raises(convert.CheckpointError) as excinfo:
+    (tmp_path / checkpoint_files.CONFIG_FILE).unlink()
+    with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
         t5.from_pretrained(str(tmp_path))
-    _one_line_error(excinfo, convert.CONFIG_FILE)
+    _one_line_error(excinfo, checkpoint_files.CONFIG_FILE)
 
 
 def test_hub_id_offline_fails_fast_with_one_line(monkeypatch):

@@ -19,7 +19,7 @@ from transformers.models.t5.modeling_t5 import T5Attention as HFAttention
 from transformers.models.t5.modeling_t5 import T5LayerNorm as HFLayerNorm
 
 from s3delta_jax.models import t5
-from s3delta_jax.models.convert import hf_name
+from s3delta_jax.models.t5.convert import hf_name
 
 T5X_AXES = {"vocab", "embed", "joined_kv", "heads", "kv", "mlp", "relpos_buckets"}
 GENERATE_LENGTH = 12  # HF max_length, counting the decoder start token

@@ -33,3 +33,12 @@ def test_byte_tokenizer_round_trips_random_utf8():
         assert ids[-1] == tokenizer.eos_id and len(ids) == len(text.encode("utf-8")) + 1
         assert all(3 <= i < 259 for i in ids[:-1])
         assert tokenizer.decode(ids) == text.strip()  # decode strips surrounding whitespace
+
+
+def test_a_directory_without_spiece_model_is_refused(tmp_path):
+    """transformers would build a 104-id fallback vocabulary from an empty directory without a word."""
+    from s3delta_jax.models.tokenizers import TokenizerError
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(TokenizerError, match=f"no spiece.model in '{tmp_path}'"):
+        get_tokenizer(str(tmp_path))

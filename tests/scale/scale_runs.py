@@ -19,6 +19,28 @@ STEPS = 20
 # The smoke search cut to STEPS steps, with the first-order hypergradient: it partitions exactly like
 # the second-order one (the same sharded forward and backward passes) and compiles four times faster.
 SMOKE_OVERRIDES = {"search.max_steps": STEPS, "search.estimator": "first_order"}
+# The tiny random encoder's run: MiniLM-L6's vocabulary and tokenizer, 2 layers of width 32, on the
+# synthetic task, sized like the smoke search.
+ENCODER_OVERRIDES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def encoder_config():
+    """configs/mrpc.py:minilm with random weights of a tiny encoder on the built-in synthetic task."""
+    from configs import mrpc
+    from ml_collections import ConfigDict
+
+    config = mrpc.get_config("minilm")
+    config.model.random_init = True
+    config.model.config_overrides = ConfigDict(ENCODER_OVERRIDES, type_safe=False)
+    config.model.dropout_rate = 0.0
+    config.data.task = "synthetic"
+    config.search.budget = 400
+    config.search.update(dict(batch_size=16, eval_every=10, eval_batch_size=64, max_steps=STEPS,
+                              estimator="first_order", learning_rate=3e-3))
+    config.retrain_after_search = False
+    return config
+
+
 # Backbone weights whose placement mesh_driver.py reports: vocab x embed, embed x joined_kv, embed x mlp.
 EMBEDDING, Q, WI = ("shared/embedding", "encoder/block_0/layer_0/SelfAttention/q/kernel",
                     "encoder/block_0/layer_1/DenseReluDense/wi/kernel")

@@ -4,13 +4,14 @@ weights really split over the devices, and a checkpoint written on one mesh resu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from configs import mrpc
 from scale_runs import (
-    EMBEDDING, Q, SMOKE_OVERRIDES, STEPS, WI, assert_same_structure, device_env, driver_records, losses,
+    EMBEDDING, Q, SMOKE_OVERRIDES, STEPS, WI, Job, assert_same_structure, device_env, driver_records, losses,
     start_driver,
 )
 
@@ -20,6 +21,7 @@ MESHES = {
     "model8": {"mesh.data": 1, "mesh.model": 8},
 }
 FSDP_MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2}  # only the backbone is placed on it
+ENCODER_MESH = {"mesh.data": 2, "mesh.model": 4}
 
 _SMOKE = mrpc.get_config("smoke").model.config_overrides
 V, D, F = _SMOKE.vocab_size, _SMOKE.d_model, _SMOKE.d_ff
@@ -34,8 +36,25 @@ def mesh_runs(tmp_path_factory, scale_env, reference_run):
     runs = [{"workdir": str(root / name), "overrides": {**SMOKE_OVERRIDES, **mesh}} for name, mesh in MESHES.items()]
     runs += [{"workdir": str(root / "resumed"), "overrides": {**SMOKE_OVERRIDES, **mesh, "search.max_steps": steps}}
              for mesh, steps in ((MESHES["data2_model4"], STEPS // 2), (MESHES["data8"], STEPS))]
+    runs.append({"workdir": str(root / "encoder"), "overrides": ENCODER_MESH, "encoder": True})
     job = start_driver({"runs": runs, "placements": [FSDP_MESH]}, device_env(scale_env, 8), root / "log")
     return root, driver_records(job)
+
+
+@pytest.fixture(scope="module")
+def encoder_reference(tmp_path_factory, scale_env) -> Job:
+    """The tiny encoder's search on one device (started before the mesh runs, so both cores work)."""
+    root = tmp_path_factory.mktemp("encoder-one-device")
+    return start_driver({"runs": [{"workdir": str(root / "run"), "overrides": {}, "encoder": True}]},
+                        device_env(scale_env, 1), root / "log")
+
+
+def test_encoder_losses_and_gates_match_one_device(encoder_reference, mesh_runs):
+    """A BERT-family backbone with its classifier head (the search's `extra`) on a data x model mesh."""
+    root, _ = mesh_runs
+    reference = Path(json.loads(encoder_reference.result().splitlines()[-1])["workdir"])
+    np.testing.assert_allclose(losses(root / "encoder"), losses(reference), rtol=1e-4)
+    assert_same_structure(root / "encoder", reference)
 
 
 @pytest.mark.parametrize("name", MESHES)

@@ -13,7 +13,7 @@ from jax.sharding import AbstractMesh, PartitionSpec
 
 from configs import base
 from s3delta_jax.train.distributed import start_processes
-from s3delta_jax.train.errors import UserError
+from s3delta_jax.errors import UserError
 from s3delta_jax.train.sharding import (
     DEFAULT_RULES, MESH_AXES, MeshConfigError, Partitioner, dimension_sizes, fit_rules, logical_rules, mesh_shape,
 )

@@ -77,16 +77,16 @@ def test_p_of_the_helpful_candidate_rises_over_100_steps(setup):
     searcher = make_searcher(candidates, "second_order_fd")
     helpful = next(c.index for c in candidates if c.name == HELPFUL)
     state = searcher.init(jax.random.PRNGKey(0))
-    p_start = np.asarray(searcher.probabilities(state))
+    p_start = np.asarray(searcher.probabilities(state.alpha))
     for i in range(100):
         state, _ = searcher.step(state, params, batch(2 * i), batch(2 * i + 1))
-    p_end = np.asarray(searcher.probabilities(state))
+    p_end = np.asarray(searcher.probabilities(state.alpha))
     # Expected size stays at the budget, and the helpful candidate takes most of it.
     sizes = np.array([c.size for c in candidates])
     np.testing.assert_allclose((p_end * sizes).sum(), CONFIG.d_model, rtol=1e-4)
     assert p_end[helpful] > p_start[helpful] + 0.3
     assert p_end[helpful] == p_end.max()
-    assert [c.name for c in searcher.select(state)] == [HELPFUL]
+    assert [c.name for c in searcher.select(state.alpha)] == [HELPFUL]
 
 
 def loss_with_logit_bias(apply_fn, params, batch, dropout_key, extra):
@@ -110,8 +110,8 @@ def test_extra_trains_with_delta_outside_the_budget(setup):
     # The bias learns the target tokens (7, then EOS = 1) and the loss falls; the budget holds for the deltas alone.
     assert set(np.argsort(bias)[-2:]) == {1, 7} and losses[-1] < 0.5 * losses[0]
     sizes = np.array([c.size for c in candidates])
-    np.testing.assert_allclose((np.asarray(searcher.probabilities(state)) * sizes).sum(), CONFIG.d_model, rtol=1e-4)
-    assert {c.name for c in searcher.select(state)} <= {c.name for c in candidates}
+    np.testing.assert_allclose((np.asarray(searcher.probabilities(state.alpha)) * sizes).sum(), CONFIG.d_model, rtol=1e-4)
+    assert {c.name for c in searcher.select(state.alpha)} <= {c.name for c in candidates}
 
 
 def test_extra_takes_part_in_the_virtual_step(setup):

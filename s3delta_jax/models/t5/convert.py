@@ -1,7 +1,7 @@
 """Hugging Face T5 checkpoints <-> Flax params.
 
-Reads `config.json` plus `model.safetensors`, sharded safetensors (`model.safetensors.index.json`)
-or `pytorch_model.bin` (sharded or not; needs torch). A Hugging Face name maps to a Flax path by
+Files are read by `models.checkpoint_files` (`config.json` plus safetensors or PyTorch weights,
+sharded or not). A Hugging Face name maps to a Flax path by
 `block.3` <-> `block_3`, `layer.1` <-> `layer_1`, '.' <-> '/', and the leaf `weight` <-> `kernel`
 (linear, transposed from torch [out, in] to Flax [in, out]), `embedding` (embeddings) or `scale`
 (layer norms).
@@ -19,13 +19,16 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from s3delta_jax.models.t5 import Dtype, T5Config, param_shapes
-
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-TORCH_FILE = "pytorch_model.bin"
-TORCH_INDEX = "pytorch_model.bin.index.json"
+from s3delta_jax.models.checkpoint_files import (
+    CONFIG_FILE,
+    SAFETENSORS_FILE,
+    CheckpointError,
+    StateDict,
+    read_config,
+    read_state_dict,
+    resolve_checkpoint_dir,
+)
+from s3delta_jax.models.t5.model import Dtype, T5Config, param_shapes
 
 SHARED = "shared.weight"
 LM_HEAD = "lm_head.weight"
@@ -33,12 +36,6 @@ LM_HEAD = "lm_head.weight"
 TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 UNUSED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 _INDEXED_NAME = re.compile(r"(block|layer)_(\d+)")
-
-StateDict = dict[str, np.ndarray]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, malformed, or does not match the T5 architecture."""
 
 
 def hf_name(flax_path: tuple[str, ...]) -> str:
@@ -116,78 +113,12 @@ def state_dict_from_params(params: Mapping[str, Any]) -> StateDict:
     return state_dict
 
 
-def read_state_dict(directory: str) -> StateDict:
-    """All tensors of the checkpoint in `directory` as numpy arrays, by Hugging Face name."""
-    path = os.path.join(directory, SAFETENSORS_FILE)
-    if os.path.isfile(path):
-        return _read_safetensors(path)
-    for index_file, read in ((SAFETENSORS_INDEX, _read_safetensors), (TORCH_INDEX, _read_torch)):
-        index_path = os.path.join(directory, index_file)
-        if os.path.isfile(index_path):
-            with open(index_path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            state_dict: StateDict = {}
-            for shard in shards:
-                state_dict.update(read(os.path.join(directory, shard)))
-            return state_dict
-    path = os.path.join(directory, TORCH_FILE)
-    if os.path.isfile(path):
-        return _read_torch(path)
-    raise CheckpointError(
-        f"no weights in {directory!r}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {TORCH_FILE} or {TORCH_INDEX}"
-    )
-
-
-def _read_safetensors(path: str) -> StateDict:
-    from safetensors.numpy import load_file
-
-    return load_file(path)
-
-
-def _read_torch(path: str) -> StateDict:
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(
-            f"{path} is a PyTorch checkpoint and torch is not installed: install torch or convert it to safetensors"
-        ) from None
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    # numpy has no bfloat16: widen those tensors (params_from_state_dict casts to the target dtype)
-    return {
-        name: (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
-        for name, tensor in state_dict.items()
-    }
-
-
-def resolve_checkpoint_dir(name_or_path: str) -> str:
-    """A local checkpoint directory, or the hub snapshot of a hub id (fails fast when offline)."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if os.path.exists(name_or_path):
-        raise CheckpointError(f"{name_or_path!r} is a file: pass the checkpoint directory holding {CONFIG_FILE}")
-    from s3delta_jax.models.hub import resolve_offline
-
-    resolve_offline(name_or_path, what="model")
-    from huggingface_hub import list_repo_files, snapshot_download
-
-    files = list_repo_files(name_or_path)
-    if any(f.endswith(".safetensors") for f in files):
-        weights = ["*.safetensors", SAFETENSORS_INDEX]
-    else:
-        weights = ["pytorch_model*.bin", TORCH_INDEX]
-    return snapshot_download(name_or_path, allow_patterns=[CONFIG_FILE, *weights])
-
-
 def load_checkpoint(
     name_or_path: str, dtype: Dtype = jnp.float32, vocab_size: int | None = None
 ) -> tuple[T5Config, dict[str, Any]]:
     """(config, params) of a Hugging Face T5 checkpoint; params are `dtype`, compute dtype too."""
     directory = resolve_checkpoint_dir(name_or_path)
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise CheckpointError(f"no {CONFIG_FILE} in {directory!r}: pass a Hugging Face T5 checkpoint directory")
-    with open(config_path) as f:
-        config = T5Config.from_hf_dict(json.load(f), dtype=dtype, param_dtype=dtype)
+    config = T5Config.from_hf_dict(read_config(directory), dtype=dtype, param_dtype=dtype)
     params = params_from_state_dict(read_state_dict(directory), config, dtype, vocab_size)
     if vocab_size is not None:
         config = dataclasses.replace(config, vocab_size=vocab_size)

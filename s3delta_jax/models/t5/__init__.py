@@ -1,0 +1,36 @@
+"""The T5 family: Flax T5 (v1.0, v1.1 / FLAN), Hugging Face checkpoints, decoding, the paper's spaces.
+
+    from s3delta_jax.models import t5
+    model = t5.T5ForConditionalGeneration(t5.get_config("t5-small"))
+"""
+
+from s3delta_jax.models.t5.decoding import (
+    IGNORE_INDEX,
+    cross_entropy_loss,
+    greedy_decode,
+    sequence_log_likelihood,
+    shift_right,
+)
+from s3delta_jax.models.t5.model import (
+    PRESETS,
+    T5Attention,
+    T5Config,
+    T5ConfigError,
+    T5DenseReluDense,
+    T5ForConditionalGeneration,
+    T5LayerNorm,
+    count_params,
+    from_pretrained,
+    get_config,
+    init_params,
+    logical_axes,
+    param_shapes,
+    relative_position_bucket,
+)
+
+__all__ = [
+    "IGNORE_INDEX", "PRESETS", "T5Attention", "T5Config", "T5ConfigError", "T5DenseReluDense",
+    "T5ForConditionalGeneration", "T5LayerNorm", "count_params", "cross_entropy_loss", "from_pretrained",
+    "get_config", "greedy_decode", "init_params", "logical_axes", "param_shapes", "relative_position_bucket",
+    "sequence_log_likelihood", "shift_right",
+]
