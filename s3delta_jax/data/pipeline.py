@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from s3delta_jax.data.tasks import Example, Task
-from s3delta_jax.models.tokenizers import Tokenizer
+from s3delta_jax.data.tokenizers import Tokenizer
 
 IGNORE_LABEL = -100
 DEFAULT_MIN_BUCKET = 8

@@ -21,7 +21,7 @@ from s3delta_jax.data.errors import MissingDataError, TooFewExamplesError, locat
 from s3delta_jax.data.files import EXTENSIONS, LocatedRow
 from s3delta_jax.data.originals import flattened_rows, glue_original_file, is_glue_original_dir, read_glue_original
 from s3delta_jax.data.tasks import Task, check_split
-from s3delta_jax.models.hub import HubUnavailableError, resolve_offline
+from s3delta_jax.hub import HubUnavailableError, resolve_offline
 
 LOCAL_DATA_HINT = (
     "pass a local data directory (data_dir=...) holding GLUE/SuperGLUE's original files or Hugging Face "

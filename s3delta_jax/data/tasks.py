@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from s3delta_jax.data.errors import InvalidRowError, shorten
-from s3delta_jax.models.tokenizers import Tokenizer
+from s3delta_jax.data.tokenizers import Tokenizer
 
 Row = Mapping[str, Any]
 SPLITS = ("train", "validation", "test")

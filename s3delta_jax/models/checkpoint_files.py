@@ -113,7 +113,7 @@ def resolve_checkpoint_dir(name_or_path: str) -> str:
         return name_or_path
     if os.path.exists(name_or_path):
         raise CheckpointError(f"{name_or_path!r} is a file: pass the checkpoint directory holding {CONFIG_FILE}")
-    from s3delta_jax.models.hub import resolve_offline
+    from s3delta_jax.hub import resolve_offline
 
     resolve_offline(name_or_path, what="model")
     from huggingface_hub import list_repo_files, snapshot_download

@@ -41,7 +41,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from s3delta_jax.errors import UserError
-from s3delta_jax.train.checkpoint_files import file_problem, write_file_table
+from s3delta_jax.train.checkpoint_integrity import file_problem, write_file_table
 
 UNREADABLE = "unreadable"
 KINDS = ("latest", "best")

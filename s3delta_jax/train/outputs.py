@@ -1,5 +1,4 @@
-"""Files a run writes into its workdir (config.json, metrics.jsonl, gates.tsv, heatmap.png, results.json)
-and the summary it prints at the end.
+"""Files a run writes into its workdir: config.json, metrics.jsonl, gates.tsv, heatmap.png, results.json.
 
 Only process 0 writes them (see `is_writer`); JSON files are written to a temporary name and renamed,
 so a killed run never leaves a half-written file.
@@ -11,16 +10,10 @@ import dataclasses
 import json
 import os
 import re
-import sys
-from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from typing import Any, Sequence
 
 import jax
 import numpy as np
-
-from s3delta_jax.train.progress import format_seconds
-
-if TYPE_CHECKING:
-    from s3delta_jax.train.loop import PhaseResult
 
 
 def is_writer() -> bool:
@@ -161,27 +154,3 @@ def write_heatmap(path: str, candidates: Sequence[Any], p: np.ndarray, title: st
     fig = heatmap_figure(candidates, p, title, chosen)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def summary_lines(result: PhaseResult, paths: Sequence[str] = (), modules: int | None = None,
-                  trainable_params: int | None = None, backbone_params: int | None = None) -> list[str]:
-    """The final summary of a phase: its best validation metrics and step, the structure's size (when
-    given) and the output files."""
-    metrics = ", ".join(f"{name} {value:.4g}" for name, value in result.best_metrics.items()) or "no evaluation"
-    resumed = f", resumed from step {result.start_step}" if result.start_step else ""
-    lines = [f"{result.phase} finished in {format_seconds(result.seconds)}{resumed}: best validation {metrics} "
-             f"at step {result.best_step} of {result.total_steps}"]
-    if trainable_params is not None:
-        size = f"structure: {modules} modules, " if modules is not None else "structure: "
-        ratio = (f" = {1e4 * trainable_params / backbone_params:.3g} per ten-thousand of the backbone's "
-                 f"{backbone_params:,}") if backbone_params else ""
-        lines.append(f"{size}{trainable_params:,} trainable parameters{ratio}")
-    lines += [f"wrote {os.path.abspath(path)}" for path in paths]
-    return lines
-
-
-def write_summary(lines: Sequence[str], stream: TextIO | None = None) -> None:
-    """Prints the summary lines (to stdout by default)."""
-    stream = stream or sys.stdout
-    stream.write("".join(f"{line}\n" for line in lines))
-    stream.flush()

@@ -26,6 +26,7 @@ from s3delta_jax.train.loop import Phase, phase_steps, run_phase
 from s3delta_jax.train.prepare import load_task_data, place_backbone, start_run, train_batches
 from s3delta_jax.train.retrainer import Retrainer
 from s3delta_jax.train.searching import EXTRA_KEY_SALT
+from s3delta_jax.train.summary import summary_lines, write_summary
 from s3delta_jax.train.system import peak_memory_bytes
 
 
@@ -112,7 +113,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
         with open(os.path.join(workdir, "test_predictions.txt"), "w") as f:
             f.writelines(f"{prediction}\n" for prediction in test_predictions)
         paths = [os.path.join(workdir, name) for name in ("results.json", "test_predictions.txt")]
-        outputs.write_summary(outputs.summary_lines(result, paths, modules=len(candidates), trainable_params=trainable,
+        write_summary(summary_lines(result, paths, modules=len(candidates), trainable_params=trainable,
                                                     backbone_params=backbone.num_params)
                               + [f"test {', '.join(f'{k} {v:.4g}' for k, v in test_metrics.items())}"])
     return results

@@ -31,6 +31,7 @@ from s3delta_jax.train.config_check import validate_config
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, phase_steps, run_phase
 from s3delta_jax.train.prepare import load_task_data, place_backbone, start_run, train_batches
+from s3delta_jax.train.summary import summary_lines, write_summary
 from s3delta_jax.train.system import peak_memory_bytes
 
 EXTRA_KEY_SALT = 1  # the head's initialisation key: fold_in(PRNGKey(seed), salt)
@@ -147,6 +148,6 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
             "peak_memory_bytes": peak_memory_bytes(),
         })
         paths = [os.path.join(workdir, name) for name in ("structure.json", "gates.tsv", "heatmap.png", "results.json")]
-        outputs.write_summary(outputs.summary_lines(result, paths, modules=len(chosen), trainable_params=trainable,
+        write_summary(summary_lines(result, paths, modules=len(chosen), trainable_params=trainable,
                                                     backbone_params=backbone.num_params))
     return structure_path

@@ -10,7 +10,7 @@ import pytest
 from s3delta_jax.data import TrainBatches, bucket_lengths, encode_examples, eval_batches, get_task
 from s3delta_jax.data.pipeline import truncate
 from s3delta_jax.data.tasks import Example
-from s3delta_jax.models.tokenizers import get_tokenizer
+from s3delta_jax.data.tokenizers import get_tokenizer
 
 TOKENIZER = get_tokenizer("bytes")
 TASK = get_task("mrpc")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from s3delta_jax.data import get_task, load_split
-from s3delta_jax.models.hub import HubUnavailableError
+from s3delta_jax.hub import HubUnavailableError
 
 
 def test_shared_mrpc_export_counts_and_quoting(mrpc_dir):

@@ -12,7 +12,7 @@ from s3delta_jax.data import (
     compute_metrics, encode_examples, eval_batches, get_task, load_split, paper_splits, primary_metric, TrainBatches,
 )
 from s3delta_jax.models import t5
-from s3delta_jax.models.tokenizers import get_tokenizer
+from s3delta_jax.data.tokenizers import get_tokenizer
 
 STEPS = 200
 BATCH_SIZE = 32

@@ -6,7 +6,7 @@ import pytest
 
 from s3delta_jax.data import get_task, task_names
 from s3delta_jax.data.errors import InvalidRowError
-from s3delta_jax.models.tokenizers import get_tokenizer
+from s3delta_jax.data.tokenizers import get_tokenizer
 
 # (task, row, expected source, expected targets); the strings are written out from the reference table.
 CASES = [

@@ -19,7 +19,7 @@ from t5_reference import TINY, hf_forward
 from s3delta_jax.models import t5
 from s3delta_jax.models import checkpoint_files
 from s3delta_jax.models.t5 import convert
-from s3delta_jax.models.hub import HubUnavailableError
+from s3delta_jax.hub import HubUnavailableError
 
 
 def _assert_same_params(actual, expected):
@@ -37,15 +37,14 @@ def _one_line_error(excinfo, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def reference(hf_checkpoint):
     """(config, params) loaded from the plain model.safetensors checkpoint."""
-    model, params = t5.from_pretrained(str(hf_checkpoint.directory))
-    return model.config, params
+    return convert.load_checkpoint(str(hf_checkpoint.directory))
 
 
 def test_sharded_safetensors_and_pytorch_bin_load_the_same_params(hf_checkpoint, reference, tmp_path):
     sharded = tmp_path / "sharded"
     hf_checkpoint.model.save_pretrained(sharded, max_shard_size="20KB")
     assert (sharded / checkpoint_files.SAFETENSORS_INDEX).is_file() and len(list(sharded.glob("*.safetensors"))) > 2
-    _assert_same_params(t5.from_pretrained(str(sharded))[1], reference[1])
+    _assert_same_params(convert.load_checkpoint(str(sharded))[1], reference[1])
 
     pickled = tmp_path / "bin"
     pickled.mkdir()
@@ -53,13 +52,14 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same_params(hf_checkpoint,
     state_dict = hf_checkpoint.model.state_dict()  # with the tied copies (embed_tokens, tied lm_head)
     assert "encoder.embed_tokens.weight" in state_dict and "lm_head.weight" in state_dict
     torch.save(state_dict, pickled / checkpoint_files.TORCH_FILE)
-    _assert_same_params(t5.from_pretrained(str(pickled))[1], reference[1])
+    _assert_same_params(convert.load_checkpoint(str(pickled))[1], reference[1])
 
 
 @pytest.mark.parametrize("hf_checkpoint", ["gated_untied"], indirect=True)  # slices shared and lm_head
 def test_vocab_slice(hf_checkpoint, reference, padded_batch):
     config, params = reference
-    model, sliced = t5.from_pretrained(str(hf_checkpoint.directory), vocab_size=100)
+    sliced_config, sliced = convert.load_checkpoint(str(hf_checkpoint.directory), vocab_size=100)
+    model = t5.T5ForConditionalGeneration(sliced_config)
     assert model.config == dataclasses.replace(config, vocab_size=100)
     assert sliced["shared"]["embedding"].shape == (100, TINY["d_model"])
     np.testing.assert_array_equal(sliced["shared"]["embedding"], params["shared"]["embedding"][:100])
@@ -76,7 +76,8 @@ def test_vocab_slice(hf_checkpoint, reference, padded_batch):
 @pytest.mark.parametrize("hf_checkpoint", ["gated_untied"], indirect=True)
 def test_bfloat16_load(hf_checkpoint, reference, padded_batch):
     config, params = reference
-    model, params16 = t5.from_pretrained(str(hf_checkpoint.directory), dtype=jnp.bfloat16)
+    config16, params16 = convert.load_checkpoint(str(hf_checkpoint.directory), dtype=jnp.bfloat16)
+    model = t5.T5ForConditionalGeneration(config16)
     assert model.config == dataclasses.replace(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     assert {x.dtype for x in jax.tree_util.tree_leaves(params16)} == {jnp.dtype(jnp.bfloat16)}
     _assert_same_params(params16, jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params))
@@ -95,7 +96,7 @@ def test_save_checkpoint_round_trips_through_transformers(hf_checkpoint, referen
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
     batch = {k: v for k, v in padded_batch.items() if k != "labels"}
     np.testing.assert_array_equal(hf_forward(reloaded, batch).logits, hf_forward(hf_checkpoint.model, batch).logits)
-    assert t5.from_pretrained(str(tmp_path))[0].config == config
+    assert convert.load_checkpoint(str(tmp_path))[0] == config
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +134,18 @@ def test_mismatched_state_dicts_fail_with_one_line_errors(reference, tiny_state_
 def test_bad_directories_fail_with_one_line_errors(tmp_path, monkeypatch):
     (tmp_path / checkpoint_files.CONFIG_FILE).write_text(json.dumps(t5.get_config("t5-small").to_hf_dict()))
     with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
-        t5.from_pretrained(str(tmp_path))
+        convert.load_checkpoint(str(tmp_path))
     _one_line_error(excinfo, "no weights", checkpoint_files.SAFETENSORS_FILE)
 
     (tmp_path / checkpoint_files.TORCH_FILE).write_bytes(b"")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
-        t5.from_pretrained(str(tmp_path))
+        convert.load_checkpoint(str(tmp_path))
     _one_line_error(excinfo, "torch is not installed")
 
     (tmp_path / checkpoint_files.CONFIG_FILE).unlink()
     with pytest.raises(checkpoint_files.CheckpointError) as excinfo:
-        t5.from_pretrained(str(tmp_path))
+        convert.load_checkpoint(str(tmp_path))
     _one_line_error(excinfo, checkpoint_files.CONFIG_FILE)
 
 
@@ -152,6 +153,6 @@ def test_hub_id_offline_fails_fast_with_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(HubUnavailableError) as excinfo:
-        t5.from_pretrained("google/flan-t5-small")
+        convert.load_checkpoint("google/flan-t5-small")
     assert time.monotonic() - start < 5
     _one_line_error(excinfo, "google/flan-t5-small", "local")

@@ -19,6 +19,7 @@ from transformers.models.t5.modeling_t5 import T5Attention as HFAttention
 from transformers.models.t5.modeling_t5 import T5LayerNorm as HFLayerNorm
 
 from s3delta_jax.models import t5
+from s3delta_jax.models.t5 import convert
 from s3delta_jax.models.t5.convert import hf_name
 
 T5X_AXES = {"vocab", "embed", "joined_kv", "heads", "kv", "mlp", "relpos_buckets"}
@@ -27,7 +28,9 @@ GENERATE_LENGTH = 12  # HF max_length, counting the decoder start token
 
 @pytest.fixture(scope="module")
 def loaded(hf_checkpoint):
-    return t5.from_pretrained(str(hf_checkpoint.directory))
+    """(model, params) of the checkpoint."""
+    config, params = convert.load_checkpoint(str(hf_checkpoint.directory))
+    return t5.T5ForConditionalGeneration(config), params
 
 
 def _hf_dotted(path: tuple[str, ...]) -> str:

@@ -10,7 +10,7 @@ import pytest
 from s3delta_jax.data import compute_metrics, encode_examples, get_task, make_synthetic_task
 from s3delta_jax.models import t5
 from s3delta_jax.models.t5.backbone import Seq2SeqHead
-from s3delta_jax.models.tokenizers import ByteTokenizer
+from s3delta_jax.data.tokenizers import ByteTokenizer
 from s3delta_jax.train.evaluate import Evaluator
 
 CONFIG = t5.get_config("t5-small", d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1,

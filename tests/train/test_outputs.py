@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from s3delta_jax.train.loop import PhaseResult
-from s3delta_jax.train.outputs import heatmap_figure, heatmap_panels, summary_lines, write_heatmap
+from s3delta_jax.train.outputs import heatmap_figure, heatmap_panels, write_heatmap
+from s3delta_jax.train.summary import summary_lines
 
 
 def candidate(index: int, path: tuple[str, ...], key: str) -> SimpleNamespace:

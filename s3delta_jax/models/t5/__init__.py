@@ -20,7 +20,6 @@ from s3delta_jax.models.t5.model import (
     T5ForConditionalGeneration,
     T5LayerNorm,
     count_params,
-    from_pretrained,
     get_config,
     init_params,
     logical_axes,
@@ -30,7 +29,7 @@ from s3delta_jax.models.t5.model import (
 
 __all__ = [
     "IGNORE_INDEX", "PRESETS", "T5Attention", "T5Config", "T5ConfigError", "T5DenseReluDense",
-    "T5ForConditionalGeneration", "T5LayerNorm", "count_params", "cross_entropy_loss", "from_pretrained",
+    "T5ForConditionalGeneration", "T5LayerNorm", "count_params", "cross_entropy_loss",
     "get_config", "greedy_decode", "init_params", "logical_axes", "param_shapes", "relative_position_bucket",
     "sequence_log_likelihood", "shift_right",
 ]

@@ -33,7 +33,7 @@ from s3delta_jax.models.t5.decoding import cross_entropy_loss, greedy_decode, se
 from s3delta_jax.models.t5.model import PRESETS, T5Config, T5ConfigError, T5ForConditionalGeneration, get_config
 from s3delta_jax.models.t5.model import init_params, logical_axes, param_shapes
 from s3delta_jax.models.t5.spaces import BASELINES, SPACES
-from s3delta_jax.models.tokenizers import Tokenizer, get_tokenizer
+from s3delta_jax.data.tokenizers import Tokenizer, get_tokenizer
 
 EVAL_METHODS = ("generate", "rank")
 

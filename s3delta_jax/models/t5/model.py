@@ -639,20 +639,6 @@ def init_params(config: T5Config, rng: Array) -> dict[str, Any]:
     return nn.unbox(variables["params"])
 
 
-def from_pretrained(
-    name_or_path: str, dtype: Dtype = jnp.float32, vocab_size: int | None = None
-) -> tuple[T5ForConditionalGeneration, dict[str, Any]]:
-    """(model, params) from a local Hugging Face T5 directory or a hub id (online only).
-
-    `vocab_size` keeps the first rows of the embedding (and lm_head), e.g. 32100 for t5-large as
-    resized by the reference code. Params are a plain nested dict of `dtype` arrays.
-    """
-    from s3delta_jax.models.t5 import convert
-
-    config, params = convert.load_checkpoint(name_or_path, dtype=dtype, vocab_size=vocab_size)
-    return T5ForConditionalGeneration(config), params
-
-
 __all__ = [
     "PRESETS",
     "T5Attention",
@@ -662,7 +648,6 @@ __all__ = [
     "T5ForConditionalGeneration",
     "T5LayerNorm",
     "count_params",
-    "from_pretrained",
     "get_config",
     "init_params",
     "logical_axes",

@@ -71,7 +71,7 @@ class SentencePieceTokenizer:
     def __init__(self, name_or_path: str):
         from transformers import T5Tokenizer
 
-        from s3delta_jax.models.hub import resolve_offline
+        from s3delta_jax.hub import resolve_offline
 
         if os.path.isfile(name_or_path):
             self._tok = _tokenizer_from_spiece_file(name_or_path)

@@ -9,9 +9,9 @@ from s3delta_jax.errors import UserError
 
 HUB_HOST = "huggingface.co"
 OFFLINE_HINT = (
-    "pass a local directory instead (a Hugging Face T5 checkpoint with config.json and "
-    "model.safetensors, or a folder with spiece.model), or use the offline smoke config "
-    "(configs/mrpc.py:smoke)"
+    "pass a local directory instead (a Hugging Face checkpoint with config.json, model.safetensors and "
+    "its tokenizer files; local data files with --config.data.path), or use a model that installs "
+    "offline (configs/mrpc.py:minilm) or the offline smoke config (configs/mrpc.py:smoke)"
 )
 
 

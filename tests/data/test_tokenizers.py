@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3delta_jax.models.tokenizers import get_tokenizer
+from s3delta_jax.data.tokenizers import get_tokenizer
 
 SPIECE_MODEL = Path(__file__).parents[2] / ".." / "shared" / "data" / "t5" / "spiece.model"
 
@@ -37,7 +37,7 @@ def test_byte_tokenizer_round_trips_random_utf8():
 
 def test_a_directory_without_spiece_model_is_refused(tmp_path):
     """transformers would build a 104-id fallback vocabulary from an empty directory without a word."""
-    from s3delta_jax.models.tokenizers import TokenizerError
+    from s3delta_jax.data.tokenizers import TokenizerError
 
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(TokenizerError, match=f"no spiece.model in '{tmp_path}'"):

