@@ -19,6 +19,7 @@ PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
 SPIECE_FILE = "spiece.model"
+BYTE_TOKENIZERS = ("bytes", "byt5")  # names of the byte tokenizer
 
 
 class TokenizerError(UserError, ValueError):
@@ -107,6 +108,6 @@ def _tokenizer_from_spiece_file(path: str):
 
 def get_tokenizer(name: str) -> Tokenizer:
     """`"bytes"` for the byte tokenizer; anything else is a SentencePiece path or hub id."""
-    if name in ("bytes", "byt5"):
+    if name in BYTE_TOKENIZERS:
         return ByteTokenizer()
     return SentencePieceTokenizer(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from s3delta_jax.deltas.merge import merge_deltas
 from s3delta_jax.export.head import save_head
-from s3delta_jax.export.hf_checkpoint import check_family, save_model, save_tokenizer
+from s3delta_jax.export.hf_checkpoint import check_family, save_tokenizer
 from s3delta_jax.export.output_dir import ExportReport, check_output_dir, staged_output
 from s3delta_jax.export.peft_format import is_lora_target
 from s3delta_jax.export.refusal import settle
@@ -34,6 +34,6 @@ def export_merged(retrained: Retrained, out: str, allow_partial: bool = False) -
     left_out = settle(unmerged, len(retrained.candidates), "a merged checkpoint", allow_partial,
                       "export with --to peft (its LoRA biases hold them)" if peft_holds else None)
     with staged_output(out) as staging:
-        save_model(backbone, params, staging)
+        backbone.save_hf_checkpoint(params, staging)
         files = [CONFIG_FILE, SAFETENSORS_FILE, *save_tokenizer(backbone, staging), *save_head(retrained, staging)]
     return ExportReport(out, files, left_out)

@@ -48,7 +48,7 @@ from s3delta_jax.deltas.positions import CALL, Position, hf_module_name
 from s3delta_jax.deltas.spaces import Candidate, make_candidate
 from s3delta_jax.deltas.structure import Structure, structure_from_candidates
 from s3delta_jax.export.head import save_head
-from s3delta_jax.export.hf_checkpoint import check_family, meta_torch_model, state_dict
+from s3delta_jax.export.hf_checkpoint import check_family, meta_torch_model
 from s3delta_jax.export.output_dir import ExportReport, check_output_dir, staged_output
 from s3delta_jax.export.refusal import ExportError, settle
 from s3delta_jax.export.workdir import Retrained
@@ -146,7 +146,7 @@ def build_adapter(retrained: Retrained, allow_partial: bool = False) -> Adapter:
             bias = np.zeros(t.lora_b.shape[0], np.float32) if t.bias is None else t.bias
             tensors[f"{KEY_PREFIX}{t.module}.lora_B.bias"] = np.asarray(bias, np.float32)
     saved = sorted({hf_module_name(c.position.name) for c in at_norms if c not in unfolded})
-    hf_tensors = state_dict(backbone, folded) if saved else {}
+    hf_tensors = backbone.hf_state_dict(folded) if saved else {}
     for name in saved:
         tensors.update({KEY_PREFIX + key: np.ascontiguousarray(value) for key, value in hf_tensors.items()
                         if key.startswith(f"{name}.")})

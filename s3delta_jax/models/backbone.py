@@ -34,6 +34,7 @@ import numpy as np
 from s3delta_jax.data import EncodedExamples, Example, Task
 from s3delta_jax.deltas.positions import Position, discover_positions
 from s3delta_jax.deltas.spaces import Space, SpaceError
+from s3delta_jax.models import checkpoint_files
 
 ApplyFn = Callable[..., Any]
 Params = Any
@@ -72,7 +73,10 @@ class Backbone(abc.ABC):
     """One frozen model of a family (see the module docstring).
 
     Class attributes of a family: `family` (its registry name), `spaces` and `baselines` (preset
-    search spaces and manual structures, as rules on the family's module names).
+    search spaces and manual structures, as rules on the family's module names), and
+    `hf_auto_class`: the `transformers` auto class that loads its Hugging Face checkpoints (None: the
+    family has no Hugging Face format, so s3delta_jax.export refuses it; a family that names one
+    implements `hf_state_dict`, `save_hf_checkpoint` and `save_tokenizer`).
     Attributes: `name` (what the config named), `module` (the Flax module), `tokenizer`,
     `checkpoint_dir` (where the weights are read from; None for random weights).
     """
@@ -80,6 +84,7 @@ class Backbone(abc.ABC):
     family: ClassVar[str]
     spaces: ClassVar[Mapping[str, Space]]
     baselines: ClassVar[Mapping[str, Space]]
+    hf_auto_class: ClassVar[str | None] = None
 
     name: str
     module: nn.Module
@@ -140,7 +145,19 @@ class Backbone(abc.ABC):
 
     def weight_files(self) -> dict[str, int]:
         """{file name: size} of the loaded checkpoint's files ({} for random weights)."""
-        return {}
+        return checkpoint_files.files_fingerprint(self.checkpoint_dir) if self.checkpoint_dir else {}
+
+    def hf_state_dict(self, params: Params) -> dict[str, np.ndarray]:
+        """The Hugging Face state dict (torch layout, numpy arrays) of Flax `params`."""
+        raise NotImplementedError(f"the {self.family} family has no Hugging Face format")
+
+    def save_hf_checkpoint(self, params: Params, directory: str) -> None:
+        """Writes config.json and model.safetensors of this architecture with `params` into `directory`."""
+        raise NotImplementedError(f"the {self.family} family has no Hugging Face format")
+
+    def save_tokenizer(self, directory: str) -> None:
+        """Writes the tokenizer's files into `directory` (nothing for a tokenizer without files)."""
+        raise NotImplementedError(f"the {self.family} family has no Hugging Face format")
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the backbone a run or a structure belongs to: family, name, parameter count,

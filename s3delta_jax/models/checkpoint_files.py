@@ -127,6 +127,17 @@ def resolve_checkpoint_dir(name_or_path: str) -> str:
     return snapshot_download(name_or_path, allow_patterns=[CONFIG_FILE, *weights, *tokenizer_files])
 
 
+def write_checkpoint(directory: str, hf_config: dict[str, Any], state_dict: StateDict) -> None:
+    """Writes `config.json` and `model.safetensors` (torch layout) that Hugging Face `from_pretrained` loads."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    tensors = {name: np.ascontiguousarray(array) for name, array in state_dict.items()}
+    save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
+
+
 def files_fingerprint(directory: str) -> dict[str, int]:
     """{file name: size in bytes} of the config and weight files: what identifies loaded weights cheaply."""
     paths = [os.path.join(directory, CONFIG_FILE), *weight_files(directory)]

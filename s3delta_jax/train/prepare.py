@@ -13,17 +13,16 @@ import ml_collections
 from s3delta_jax import data as data_lib
 from s3delta_jax.models.backbone import Backbone
 from s3delta_jax.train import outputs
-from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.sharding import Partitioner, build_mesh
 from s3delta_jax.train.workdir import check_run_identity, prepare_workdir
 
 
 def start_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict[str, Any],
               allow_config_change: Sequence[str] = ()) -> bool:
-    """Joins the processes of a multi-host run, checks `workdir` (a new one, or this very run to resume:
-    see train/workdir.py; `fingerprint` identifies the backbone and anything else the run depends on)
-    and writes config.json into it (process 0). Returns whether this process writes the outputs."""
-    start_processes(config.distributed)
+    """Checks `workdir` (a new one, or this very run to resume: see train/workdir.py; `fingerprint`
+    identifies the backbone and anything else the run depends on) and writes config.json into it
+    (process 0). Returns whether this process writes the outputs. The processes of a multi-host run
+    must have joined first (`distributed.start_processes`, before any JAX call)."""
     writer = outputs.is_writer()
     workdir = prepare_workdir(workdir)
     check_run_identity(workdir, config.to_dict(), fingerprint, allowed=allow_config_change, write=writer)

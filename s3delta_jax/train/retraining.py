@@ -21,6 +21,7 @@ from s3delta_jax.models.registry import load_backbone
 from s3delta_jax.train import outputs
 from s3delta_jax.train.checkpoints import RunCheckpoints
 from s3delta_jax.train.config_check import validate_config
+from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, phase_steps, run_phase
 from s3delta_jax.train.prepare import load_task_data, place_backbone, start_run, train_batches
@@ -39,14 +40,16 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     """
     started = time.monotonic()
     validate_config(config)
+    start_processes(config.distributed)  # before any JAX call, which tracing the backbone makes
     backbone = load_backbone(config.model)
     positions = backbone.positions()
     structure = load_structure(structure_path, positions)
-    check_structure_backbone(structure, backbone.fingerprint())
+    fingerprint = backbone.fingerprint()
+    check_structure_backbone(structure, fingerprint)
     candidates = structure.candidates_for(positions)
     with open(structure_path, "rb") as f:
         structure_sha256 = hashlib.sha256(f.read()).hexdigest()
-    writer = start_run(config, workdir, {**backbone.fingerprint(), "structure_sha256": structure_sha256},
+    writer = start_run(config, workdir, {**fingerprint, "structure_sha256": structure_sha256},
                        allow_config_change)
     data = load_task_data(config.data, backbone, config.seed, with_search_halves=False)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
@@ -59,9 +62,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     retrainer = Retrainer(
         backbone.module.apply, candidates, head.loss, total_steps=full_steps,
         learning_rate=phase_config.learning_rate, clip_norm=phase_config.clip_norm,
-        jit=lambda step: partitioner.jit(
-            step, in_shardings=(partitioner.replicated, partitioner.param_shardings, partitioner.batch),
-            out_shardings=partitioner.replicated, donate_argnums=(0,)),
+        jit=partitioner.step_jit(num_batches=1),
     )
     rng = jax.random.PRNGKey(config.seed + 1)
     extra = head.init_extra(jax.random.fold_in(rng, EXTRA_KEY_SALT))
@@ -94,7 +95,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
         "phase": "retrain",
         "task": data.task.name,
         "structure": os.path.abspath(structure_path),
-        "backbone": backbone.fingerprint(),
+        "backbone": fingerprint,
         "best_step": result.best_step,
         "resumed_from_step": result.start_step,
         "val": result.best_metrics,

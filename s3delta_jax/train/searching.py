@@ -28,6 +28,7 @@ from s3delta_jax.search.step import SearchSettings
 from s3delta_jax.train import outputs
 from s3delta_jax.train.checkpoints import RunCheckpoints
 from s3delta_jax.train.config_check import validate_config
+from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, phase_steps, run_phase
 from s3delta_jax.train.prepare import load_task_data, place_backbone, start_run, train_batches
@@ -53,9 +54,11 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     """
     started = time.monotonic()
     validate_config(config)
+    start_processes(config.distributed)  # before any JAX call, which tracing the backbone makes
     settings = search_settings(config.search)
     backbone = load_backbone(config.model)
-    writer = start_run(config, workdir, backbone.fingerprint(), allow_config_change)
+    fingerprint = backbone.fingerprint()
+    writer = start_run(config, workdir, fingerprint, allow_config_change)
     data = load_task_data(config.data, backbone, config.seed, with_search_halves=True)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
     expansion = expand(backbone.space(config.search.space), backbone.positions())
@@ -70,10 +73,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     searcher = Searcher(
         backbone.module.apply, candidates, head.loss, budget=budget, total_steps=full_steps, settings=settings,
         learning_rate=phase_config.learning_rate, alpha_learning_rate=phase_config.alpha_learning_rate,
-        jit=lambda step: partitioner.jit(
-            step, in_shardings=(partitioner.replicated, partitioner.param_shardings, partitioner.batch,
-                                partitioner.batch),
-            out_shardings=partitioner.replicated, donate_argnums=(0,)),
+        jit=partitioner.step_jit(num_batches=2),
     )
     rng = jax.random.PRNGKey(config.seed)
     extra = head.init_extra(jax.random.fold_in(rng, EXTRA_KEY_SALT))
@@ -121,7 +121,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     if writer:
         structure = structure_from_candidates(
             chosen, backbone=backbone.name, backbone_params=backbone.num_params,
-            backbone_fingerprint=backbone.fingerprint(), budget=config.search.budget,
+            backbone_fingerprint=fingerprint, budget=config.search.budget,
             budget_params=budget, search_space=config.search.space, all_candidates=candidates, alpha=alpha, p=p,
         )
         save_structure(structure_path, structure)
@@ -133,7 +133,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
         outputs.write_json(os.path.join(workdir, "results.json"), {
             "phase": "search",
             "task": data.task.name,
-            "backbone": backbone.fingerprint(),
+            "backbone": fingerprint,
             "best_step": result.best_step,
             "resumed_from_step": result.start_step,
             "val": result.best_metrics,

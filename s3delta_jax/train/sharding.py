@@ -228,6 +228,12 @@ class Partitioner:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             yield
 
+    def step_jit(self, num_batches: int) -> Callable[[Callable], Callable]:
+        """The `jit` hook of Searcher / Retrainer: `step(state, params, *batches) -> (state, metrics)` with
+        the state replicated (and donated), the params sharded, each of `num_batches` batches split."""
+        in_shardings = (self.replicated, self.param_shardings, *[self.batch] * num_batches)
+        return lambda step: self.jit(step, in_shardings, self.replicated, donate_argnums=(0,))
+
     def jit(self, fn: Callable, in_shardings: Any, out_shardings: Any,
             donate_argnums: tuple[int, ...] = ()) -> Callable:
         """`jax.jit(fn)` with explicit shardings (pjit), traced and run under `activate()`."""

@@ -73,6 +73,7 @@ class BertBackbone(Backbone):
     baselines = BASELINES
     presets = (*PRESETS, *MINILM_NAMES[1:])
     model_types = MODEL_TYPES
+    hf_auto_class = "AutoModel"
 
     def __init__(self, name: str, config: BertConfig, tokenizer_dir: str, checkpoint_dir: str | None, pooling: str):
         """`tokenizer_dir`: where the Hugging Face tokenizer is saved (loaded on first use; "minilm-l6": the
@@ -127,8 +128,16 @@ class BertBackbone(Backbone):
             raise ValueError(f"{self.name} has random weights: call init_params")
         return convert.params_from_state_dict(checkpoint_files.read_state_dict(self.checkpoint_dir), self.config)
 
-    def weight_files(self) -> dict[str, int]:
-        return checkpoint_files.files_fingerprint(self.checkpoint_dir) if self.checkpoint_dir else {}
+    def hf_state_dict(self, params: Params) -> dict[str, np.ndarray]:
+        return convert.state_dict_from_params(params, self.config)
+
+    def save_hf_checkpoint(self, params: Params, directory: str) -> None:
+        convert.save_checkpoint(params, self.config, directory)
+
+    def save_tokenizer(self, directory: str) -> None:
+        """The `transformers` tokenizer's files (none for random weights without a tokenizer)."""
+        if self.tokenizer_dir:
+            self.tokenizer.save_pretrained(directory)
 
     def example_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)

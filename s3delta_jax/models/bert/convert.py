@@ -12,7 +12,6 @@ pooler and the position/token-type id buffers are skipped. Everything else must 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Mapping
@@ -24,12 +23,12 @@ import numpy as np
 from s3delta_jax.models.bert.model import BertConfig, BertConfigError, Dtype, param_shapes
 from s3delta_jax.models.checkpoint_files import (
     CONFIG_FILE,
-    SAFETENSORS_FILE,
     CheckpointError,
     StateDict,
     read_config,
     read_state_dict,
     resolve_checkpoint_dir,
+    write_checkpoint,
 )
 
 HEAD_PREFIXES = ("cls.", "lm_head.", "classifier.", "qa_outputs.")
@@ -132,14 +131,8 @@ def load_checkpoint(name_or_path: str, dtype: Dtype = jnp.float32) -> tuple[Bert
 
 
 def save_checkpoint(params: Mapping[str, Any], config: BertConfig, directory: str) -> None:
-    """Writes `config.json` and `model.safetensors` that Hugging Face `BertModel` / `RobertaModel` load."""
-    from safetensors.numpy import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(config.to_hf_dict(), f, indent=2)
-    tensors = {name: np.ascontiguousarray(array) for name, array in state_dict_from_params(params, config).items()}
-    save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
+    """Writes `config.json` and `model.safetensors` that Hugging Face `from_pretrained` loads."""
+    write_checkpoint(directory, config.to_hf_dict(), state_dict_from_params(params, config))
 
 
 __all__ = [

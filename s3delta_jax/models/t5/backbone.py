@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from s3delta_jax import data as data_lib
 from s3delta_jax.data.pipeline import IGNORE_LABEL
+from s3delta_jax.data.tokenizers import BYTE_TOKENIZERS, SPIECE_FILE, Tokenizer, get_tokenizer
 from s3delta_jax.models import checkpoint_files
 from s3delta_jax.models.backbone import ApplyFn, Backbone, Batch, Params, TaskHead
 from s3delta_jax.models.dtypes import parse_dtype
@@ -33,7 +36,6 @@ from s3delta_jax.models.t5.decoding import cross_entropy_loss, greedy_decode, se
 from s3delta_jax.models.t5.model import PRESETS, T5Config, T5ConfigError, T5ForConditionalGeneration, get_config
 from s3delta_jax.models.t5.model import init_params, logical_axes, param_shapes
 from s3delta_jax.models.t5.spaces import BASELINES, SPACES
-from s3delta_jax.data.tokenizers import Tokenizer, get_tokenizer
 
 EVAL_METHODS = ("generate", "rank")
 
@@ -46,6 +48,7 @@ class T5Backbone(Backbone):
     baselines = BASELINES
     presets = tuple(PRESETS)
     model_types = ("t5", "mt5")
+    hf_auto_class = "AutoModelForSeq2SeqLM"
 
     def __init__(self, name: str, config: T5Config, tokenizer_name: str, checkpoint_dir: str | None = None,
                  checkpoint_config: T5Config | None = None):
@@ -102,8 +105,16 @@ class T5Backbone(Backbone):
         return convert.params_from_state_dict(state_dict, self._checkpoint_config, self.config.dtype,
                                               self.config.vocab_size)
 
-    def weight_files(self) -> dict[str, int]:
-        return checkpoint_files.files_fingerprint(self.checkpoint_dir) if self.checkpoint_dir else {}
+    def hf_state_dict(self, params: Params) -> dict[str, np.ndarray]:
+        return convert.state_dict_from_params(params)
+
+    def save_hf_checkpoint(self, params: Params, directory: str) -> None:
+        convert.save_checkpoint(params, self.config, directory)
+
+    def save_tokenizer(self, directory: str) -> None:
+        """Copies the SentencePiece file (the byte tokenizer has none)."""
+        if self.tokenizer_name not in BYTE_TOKENIZERS:
+            shutil.copyfile(spiece_file(self.tokenizer_name), os.path.join(directory, SPIECE_FILE))
 
     def example_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
@@ -161,6 +172,17 @@ class Seq2SeqHead(TaskHead):
             return [self.tokenizer.decode(row) for row in outputs]
         targets = self.task.target_strings()
         return [targets[i] for i in outputs]
+
+
+def spiece_file(name: str) -> str:
+    """The SentencePiece file of a T5 tokenizer name: the file itself, a directory's, or a hub id's (cache)."""
+    if os.path.isfile(name):
+        return name
+    if os.path.isdir(name):
+        return os.path.join(name, SPIECE_FILE)
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(name, SPIECE_FILE)
 
 
 def padded_label_ids(targets: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:

@@ -10,8 +10,6 @@ sharded or not). A Hugging Face name maps to a Flax path by
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from typing import Any, Mapping
 
@@ -20,13 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from s3delta_jax.models.checkpoint_files import (
-    CONFIG_FILE,
-    SAFETENSORS_FILE,
     CheckpointError,
     StateDict,
     read_config,
     read_state_dict,
     resolve_checkpoint_dir,
+    write_checkpoint,
 )
 from s3delta_jax.models.t5.model import Dtype, T5Config, param_shapes
 
@@ -127,10 +124,4 @@ def load_checkpoint(
 
 def save_checkpoint(params: Mapping[str, Any], config: T5Config, directory: str) -> None:
     """Writes `config.json` and `model.safetensors` that Hugging Face `from_pretrained` loads."""
-    from safetensors.numpy import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(config.to_hf_dict(), f, indent=2)
-    tensors = {name: np.ascontiguousarray(array) for name, array in state_dict_from_params(params).items()}
-    save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
+    write_checkpoint(directory, config.to_hf_dict(), state_dict_from_params(params))
