@@ -15,7 +15,8 @@ of the shapes and of the weight files' names and sizes) and the accepted changes
 whose config differs is refused with the changed fields (dotted paths, old -> new) unless every changed
 field is both safe and allowed by `--allow_config_change` (comma-separated fields or patterns, or
 'safe' for all of SAFE_FIELDS). Safe fields change how a run is executed, not what it computes: the
-evaluation batch sizes, how often checkpoints are written, the device mesh and the process setup (a
+evaluation batch sizes, how often checkpoints are written, where a phase is cut short (`max_steps`:
+the schedules decay over the uncut length, so a longer cut continues the same run), the device mesh and the process setup (a
 run resumes on another mesh by design), and whether re-training follows the search. Every other field
 (the budget, the space, a learning rate, the seed, ...) and the backbone can never change within a run.
 """
@@ -35,7 +36,9 @@ from s3delta_jax.train.outputs import write_json
 
 RUN_FILE = "run.json"
 SAFE = "safe"
-SAFE_FIELDS = ("*.eval_batch_size", "*.checkpoint_every", "mesh.*", "distributed.*", "retrain_after_search")
+SAFE_FIELDS = ("*.eval_batch_size", "*.checkpoint_every", "*.max_steps", "mesh.*", "distributed.*", "retrain_after_search")
+# Fields that differ between the processes of one multi-host run, so they are not part of its identity.
+PER_PROCESS_FIELDS = (("distributed", "process_id"),)
 SHOWN_CHANGES = 3
 _MISSING = "(absent)"
 
@@ -97,7 +100,7 @@ def check_run_identity(workdir: str, config: Mapping[str, Any], fingerprint: Map
     """Whether `workdir` already holds this run (see the module docstring); writes run.json for a new
     run or an accepted change when `write` (the one process that writes outputs). Writes nothing when
     it raises."""
-    new = RunIdentity(_as_json(config), _as_json(fingerprint))
+    new = RunIdentity(_without_per_process_fields(_as_json(config)), _as_json(fingerprint))
     _check_allowed_names(allowed, new.config)
     recorded = read_run_identity(workdir)
     if recorded is None:
@@ -187,6 +190,13 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _as_json(tree: Mapping[str, Any]) -> dict[str, Any]:
     """`tree` as it reads back from JSON (tuples become lists), so recorded and new values compare."""
     return json.loads(json.dumps(tree))
+
+
+def _without_per_process_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without PER_PROCESS_FIELDS: every process of a run checks and records the same identity."""
+    for section, field in PER_PROCESS_FIELDS:
+        config.get(section, {}).pop(field, None)
+    return config
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -74,6 +74,20 @@ def test_a_safe_change_needs_the_flag_and_then_continues_the_run(started_run):
     assert check_run_identity(str(started_run), changed, FINGERPRINT) is True
 
 
+def test_every_process_of_a_multi_process_run_shares_its_identity(tmp_path):
+    """Process 0 records the run; process 1 (another process_id, same everything else) finds it the same
+    run, and so does a later resume of process 0; another process count is still a change."""
+    process = {"distributed.num_processes": 2, "distributed.coordinator_address": "host0:1234"}
+    assert check_run_identity(str(tmp_path), smoke_config(**process, **{"distributed.process_id": 0}),
+                              FINGERPRINT) is False
+    assert "process_id" not in json.loads((tmp_path / RUN_FILE).read_text())["config"]["distributed"]
+    for index in (1, 0):
+        assert check_run_identity(str(tmp_path), smoke_config(**process, **{"distributed.process_id": index}),
+                                  FINGERPRINT, write=index == 0) is True
+    with pytest.raises(UserError, match="distributed.num_processes 2 -> 4"):
+        check_run_identity(str(tmp_path), smoke_config(**{**process, "distributed.num_processes": 4}), FINGERPRINT)
+
+
 def test_naming_an_unsafe_field_does_not_let_it_change(started_run):
     with pytest.raises(UserError, match="cannot change within a run"):
         check_run_identity(str(started_run), smoke_config(**{"search.learning_rate": 1e-2}), FINGERPRINT,
