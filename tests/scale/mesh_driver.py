@@ -5,7 +5,8 @@
 `runs`: [{"workdir": DIR, "overrides": {"mesh.data": 2, "mesh.model": 4, "search.max_steps": 20}}, ...],
 each a `run_search` of configs/mrpc.py:smoke (or, with "encoder": true, of the tiny random encoder of
 scale_runs.encoder_config) with those fields replaced, in order (a run on a workdir that already holds
-a checkpoint resumes from it; `distributed.*` fields make it one process of many).
+a checkpoint resumes from it, changing the fields its "allow_config_change" names; `distributed.*`
+fields make it one process of many).
 `placements`: [{"mesh.data": 2, ...}, ...], meshes on which only the backbone is built.
 For every run and placement, one JSON line on stdout: {"mesh": {axis: size}, "process": index,
 "host_slice": [block, blocks], "weights": {path: {"spec": [...], "shards": [[shape], ...]}}}.
@@ -56,7 +57,7 @@ def placement(config) -> dict:
 def main(spec: dict) -> None:
     for run in spec.get("runs", []):
         config = smoke_config(run["overrides"], run.get("encoder", False))
-        run_search(config, run["workdir"])
+        run_search(config, run["workdir"], run.get("allow_config_change", ()))
         record = {"workdir": run["workdir"]}
         if not run.get("encoder", False):
             record.update(placement(config))

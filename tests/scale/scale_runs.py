@@ -44,8 +44,10 @@ def encoder_config():
 # Backbone weights whose placement mesh_driver.py reports: vocab x embed, embed x joined_kv, embed x mlp.
 EMBEDDING, Q, WI = ("shared/embedding", "encoder/block_0/layer_0/SelfAttention/q/kernel",
                     "encoder/block_0/layer_1/DenseReluDense/wi/kernel")
-# LLVM -O0 halves the compile time of the search step; every run here (the reference too) uses it.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+# Losses of a mesh against one device: 20 training steps amplify the float32 rounding of sums taken
+# in another order over the shards (measured on jax 0.10.2 CPU, 8-way data parallel: up to 1.5e-4
+# relative, from step 9 on; 1e-4 was exceeded before this change too).
+LOSS_RTOL = 5e-4
 
 
 class Job:
@@ -75,7 +77,8 @@ class Job:
 
 
 def device_env(base: dict, devices: int) -> dict:
-    return dict(base, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+    """`base` (the session's subprocess_env) with `devices` fake CPU devices."""
+    return dict(base, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {base['XLA_FLAGS']}")
 
 
 def start_driver(spec: dict, env: dict, log_stem: Path) -> Job:
@@ -93,9 +96,17 @@ def losses(workdir: Path) -> np.ndarray:
     return np.array([[r["loss_delta"], r["loss_alpha"]] for r in records])
 
 
+# Alpha and p of a mesh against one device after STEPS steps: Adam divides each alpha gradient by its
+# own running RMS, so a gradient near zero turns the same float32 rounding into an update difference of
+# up to lr = 0.1 times that relative error (measured on jax 0.10.2 CPU, 8-way data parallel: alpha
+# differences up to 5.8e-4 on values of -1.3 to 0.5, one chosen set). The chosen structure must be equal.
+GATE_ATOL = 2e-3
+
+
 def assert_same_structure(workdir: Path, reference: Path) -> None:
-    """structure.json equal to the reference's, its alpha and p per candidate up to relative 1e-4."""
+    """structure.json equal to the reference's (chosen modules, sizes, budget), its alpha and p per
+    candidate within GATE_ATOL."""
     got, want = (json.loads((w / "structure.json").read_text()) for w in (workdir, reference))
     gate_values = [[[c.pop("alpha"), c.pop("p")] for c in s["candidates"]] for s in (got, want)]
-    np.testing.assert_allclose(*gate_values, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(*gate_values, rtol=1e-4, atol=GATE_ATOL)
     assert got == want

