@@ -7,7 +7,9 @@ each module call by its path; where candidates sit it returns (reference section
     out = out + sum_sequential z_j Delta_j(out)      (every sequential delta sees the same out)
 
 with x the module input and y its frozen output. The lookup happens at trace time, so under
-``jax.jit`` it costs nothing at run time.
+``jax.jit`` it costs nothing at run time. A soft gate z_i multiplies the delta's smallest tensors that
+its contribution is linear in (``DeltaType.gate_params``: LoRA's B [r, out], a bias or scale vector),
+not the [batch, length, out] contribution, so gating adds no activation-sized work.
 
 The delta pytree nests each candidate's parameters by its position's path, then its key:
 ``delta['encoder']['block_0']['layer_0']['SelfAttention']['q']['lora'] == {'A': ..., 'B': ...}``.
@@ -105,9 +107,13 @@ def with_deltas(
 
     def contribution(candidate: Candidate, x: jax.Array, y: jax.Array) -> jax.Array:
         delta_type = get_delta_type(candidate.delta_type)
-        out = delta_type.apply(weights[candidate.name], x, y, candidate.position, **candidate.kwargs)
-        if gate_values is not None:
-            out = gate_values[candidate.index] * out
+        params = weights[candidate.name]
+        gate = None if gate_values is None else gate_values[candidate.index]
+        if gate is not None and delta_type.gate_params:  # z Delta(x) as Delta with z-scaled parameters
+            params = {name: gate * value if name in delta_type.gate_params else value for name, value in params.items()}
+        out = delta_type.apply(params, x, y, candidate.position, **candidate.kwargs)
+        if gate is not None and not delta_type.gate_params:
+            out = gate * out
         return out.astype(y.dtype)
 
     def interceptor(next_fun, args, kwargs, context):

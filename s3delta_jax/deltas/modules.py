@@ -58,6 +58,10 @@ class DeltaType(abc.ABC):
         import when a keyword is absent: the reference's Lora defaults to lora_r = 8).
       reference_fixed: reference keywords we accept only with this (our fixed) value.
       input_independent: the contribution does not depend on x or y (it can fold into a bias).
+      gate_params: parameters the contribution is jointly linear in: scaling each of them by z scales
+        the contribution by z. A soft gate multiplies these (vectors and rank-sized matrices) rather
+        than the contribution, which is as large as the activations [batch, length, out]; () (the
+        default, for types that are not linear in any parameter) gates the contribution.
     """
 
     name: str = ""
@@ -69,6 +73,7 @@ class DeltaType(abc.ABC):
     reference_defaults: Mapping[str, Any] = {}
     reference_fixed: Mapping[str, Any] = {}
     input_independent: bool = False
+    gate_params: tuple[str, ...] = ()
 
     def resolve(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """kwargs with defaults filled in; raises DeltaTypeError on an unknown or invalid one."""
@@ -139,6 +144,7 @@ class LoRA(DeltaType):
     reference_kwargs = {"r": "lora_r", "alpha": "lora_alpha"}
     reference_defaults = {"lora_r": 8, "lora_alpha": 16}
     reference_fixed = {"lora_dropout": 0.0}
+    gate_params = ("B",)
 
     def num_params(self, position, **kwargs):
         r = self.resolve(kwargs)["r"]
@@ -170,6 +176,7 @@ class BitFit(DeltaType):
     slot = "sequential"
     kinds = frozenset({"linear", "norm"})
     input_independent = True
+    gate_params = ("b",)
 
     def num_params(self, position, **kwargs):
         self.resolve(kwargs)
@@ -203,6 +210,7 @@ class LNFit(DeltaType):
     reference_name = "LNFit"
     slot = "parallel"
     kinds = frozenset({"norm"})
+    gate_params = ("s",)
 
     def num_params(self, position, **kwargs):
         self.resolve(kwargs)
@@ -236,6 +244,7 @@ class LowRankAdapter(DeltaType):
     reference_kwargs = {"reduction": "reduction_factor", "rank": "low_rank_rank"}
     reference_defaults = {"reduction_factor": 32, "low_rank_rank": 1}
     reference_fixed = {"non_linearity": "gelu_new", "low_rank_w_init": "glorot-uniform"}
+    gate_params = ("up_right", "up_bias")
 
     def _sizes(self, position: Position, kwargs: Mapping[str, Any]) -> tuple[int, int, int]:
         kw = self.resolve(kwargs)
@@ -292,6 +301,7 @@ class Adapter(DeltaType):
     reference_kwargs = {"bottleneck": "bottleneck_dim"}
     reference_defaults = {"bottleneck_dim": 24}
     reference_fixed = {"non_linearity": "gelu_new", "sequential": True}
+    gate_params = ("up_kernel", "up_bias")
 
     def num_params(self, position, **kwargs):
         b = self.resolve(kwargs)["bottleneck"]
@@ -310,6 +320,7 @@ class ParallelAdapter(DeltaType):
     name = "parallel_adapter"
     slot = "parallel"
     defaults = {"bottleneck": 24}
+    gate_params = ("up_kernel", "up_bias")
 
     def num_params(self, position, **kwargs):
         b = self.resolve(kwargs)["bottleneck"]

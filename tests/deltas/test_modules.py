@@ -77,6 +77,32 @@ def test_contributions_against_numpy(name, position, kwargs):
     np.testing.assert_allclose(got, contribution(name, params, x, y, kwargs), rtol=1e-4, atol=1e-4)
 
 
+SMALL_NORM = Position(("ln",), "norm", 6, 6, "N", norm_kind="rms", epsilon=1e-6)
+
+
+@pytest.mark.parametrize("name, position, kwargs", [
+    ("lora", SMALL_LINEAR, {"r": 2, "alpha": 4}),
+    ("bitfit", SMALL_LINEAR, {}),
+    ("lnfit", SMALL_NORM, {}),
+    ("low_rank_adapter", SMALL_BLOCK, {"reduction": 8, "rank": 2}),
+    ("adapter", SMALL_BLOCK, {"bottleneck": 3}),
+    ("parallel_adapter", SMALL_LINEAR, {"bottleneck": 3}),
+])
+def test_scaling_the_gate_params_by_z_scales_the_numpy_contribution_by_z(name, position, kwargs):
+    """What with_deltas relies on when it gates the parameters instead of the contribution."""
+    delta_type = get_delta_type(name)
+    assert delta_type.gate_params, f"{name} gates its full contribution"
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, position.in_features))
+    y = rng.normal(size=(2, 3, position.out_features))
+    shapes = jax.eval_shape(lambda: delta_type.init(jax.random.key(0), position, **kwargs))
+    params = {k: rng.normal(size=v.shape) for k, v in shapes.items()}
+    z = 0.37
+    scaled = {k: z * v if k in delta_type.gate_params else v for k, v in params.items()}
+    np.testing.assert_allclose(contribution(name, scaled, x, y, kwargs, norm=("rms", 1e-6)),
+                               z * contribution(name, params, x, y, kwargs, norm=("rms", 1e-6)), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("norm_kind", ["rms", "layernorm"])
 def test_lnfit_uses_the_norms_own_normalisation(norm_kind):
     position = Position(("ln",), "norm", 8, 8, "N", norm_kind=norm_kind, epsilon=0.5)
