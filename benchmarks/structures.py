@@ -66,8 +66,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a config file, FILE[:VARIANT], e.g. configs/mrpc.py:minilm")
-    parser.add_argument("--budgets", type=parse_budget, nargs="+", required=True,
-                        help="search budgets: ratios of the backbone (< 1) or parameter counts")
+    parser.add_argument("--budgets", type=parse_budget, nargs="*", default=[],
+                        help="search budgets: ratios of the backbone (< 1) or parameter counts (none: only the "
+                             "budget-free runs, e.g. the LoRA parity check with --manual lora_qv_r1)")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--out", required=True, help="the benchmark's directory (every run's workdir, the report)")
     parser.add_argument("--manual", nargs="*", help="manual structures to re-train (default: all the backbone's baselines)")

@@ -1,5 +1,4 @@
-"""Session-wide settings: how pytest-xdist shares the tests out, and the environment of every test that
-starts the programs in a subprocess."""
+"""Session-wide fixtures: the environment of every test that starts the programs in a subprocess."""
 
 from __future__ import annotations
 
@@ -10,16 +9,6 @@ import pytest
 # LLVM -O0 halves the compile time of the search step. The tests check what the programs compute and
 # write, not how fast; every subprocess run (references included) uses it, so their numbers compare.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
-# The scale tests share their one-device reference run, so they run on one worker.
-SHARED_GROUPS = {"scale": "scale"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `-n N --dist loadgroup` (pyproject's addopts) each test file runs on one worker, so its
-    module and session fixtures (a smoke search, a re-trained workdir) are built once."""
-    for item in items:
-        folder = item.path.parent.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(folder, f"{folder}/{item.path.stem}")))
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,10 @@ from s3delta_jax.train.checkpoints import RunCheckpoints
 from s3delta_jax.train.prepare import load_task_data
 from s3delta_jax.train.retraining import run_retrain
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scale"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "scale"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import export_predictions  # noqa: E402
 from scale_runs import encoder_config  # noqa: E402
 
 ENCODER_RULES = [[Rule(r"self/query", "linear", "lora", {"r": 2}), Rule(r"output/LayerNorm", "norm", "lnfit"),
@@ -83,35 +86,22 @@ def encoder_run(tmp_path_factory) -> Path:
     return root / "retrain"
 
 
-def padded(encoded, rows: slice) -> dict[str, np.ndarray]:
-    """input_ids, attention_mask, token_type_ids int64[B, L] of some encoded rows, padded on the right."""
-    ids, types = encoded.source_ids[rows], encoded.token_type_ids[rows]
-    length = max(len(x) for x in ids)
-    batch = {name: np.zeros((len(ids), length), np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
-    batch["input_ids"][:] = encoded.pad_id
-    for i, (row, row_types) in enumerate(zip(ids, types)):
-        batch["input_ids"][i, :len(row)], batch["attention_mask"][i, :len(row)] = row, 1
-        batch["token_type_ids"][i, :len(row)] = row_types
-    return batch
-
-
-def test_merged_export_of_a_real_workdir_predicts_its_test_predictions(encoder_run, tmp_path, capsys):
-    main(["--workdir", str(encoder_run), "--to", "merged", "--out", str(tmp_path / "out")])
+def test_the_merged_export_of_a_real_workdir_predicts_its_test_predictions(encoder_run, tmp_path, capsys):
+    """benchmarks/export_predictions.py (the check run on MiniLM / MRPC): the merged export (the random
+    encoder has no base checkpoint for a PEFT adapter), loaded in PyTorch, predicts every row of the
+    run's test_predictions.txt; its logits are ours."""
+    assert export_predictions.main(["--workdir", str(encoder_run), "--out", str(tmp_path), "--formats", "merged"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"wrote {tmp_path / 'out'}/config.json" and any("classifier.safetensors" in p for p in printed)
+    assert f"wrote {tmp_path / 'merged'}/config.json" in printed and f"wrote {tmp_path / 'merged'}/classifier.safetensors" in printed
+    assert "merged: 100 test rows, 100 agree with test_predictions.txt (100 rows)" in printed
+    assert set((encoder_run / "test_predictions.txt").read_text().split()) == {"0", "1"}
 
     config = encoder_config()
     encoded = load_task_data(config.data, load_backbone(config.model), config.seed, with_search_halves=False).encoded["test"]
-    model = torch_classifier(str(tmp_path / "out"))
-    batches = [padded(encoded, slice(start, start + 32)) for start in range(0, len(encoded.source_ids), 32)]
-    predictions = [str(int(label)) for batch in batches for label in model.predict(**torch_inputs(batch))]
-    expected = (encoder_run / "test_predictions.txt").read_text().split()
-    assert len(predictions) == len(expected) == 100 and set(expected) == {"0", "1"}
-    assert predictions == expected
-
-    _, flax_logits = flax_bert_outputs(load_retrained(str(encoder_run)), batches[0])
+    batch = export_predictions.padded(encoded, slice(0, 32))
+    _, flax_logits = flax_bert_outputs(load_retrained(str(encoder_run)), batch)
     with torch.no_grad():
-        torch_logits = model(**torch_inputs(batches[0])).numpy()
+        torch_logits = torch_classifier(str(tmp_path / "merged"))(**torch_inputs(batch)).numpy()
     print(f"workdir export: max |torch - flax| logits {max_difference(torch_logits, flax_logits):.2e}")
     np.testing.assert_allclose(torch_logits, flax_logits, rtol=0, atol=ATOL)
 
