@@ -74,13 +74,8 @@ class SentencePieceTokenizer:
 
         from s3delta_jax.hub import resolve_offline
 
-        if os.path.isfile(name_or_path):
-            self._tok = _tokenizer_from_spiece_file(name_or_path)
-        elif os.path.isdir(name_or_path):
-            spiece = os.path.join(name_or_path, SPIECE_FILE)
-            if not os.path.isfile(spiece):
-                raise TokenizerError(f"no {SPIECE_FILE} in {name_or_path!r}: copy the model's SentencePiece file "
-                                     "there, or pass one as --config.model.tokenizer=/path/to/spiece.model")
+        spiece = local_spiece_file(name_or_path)
+        if spiece is not None:
             self._tok = _tokenizer_from_spiece_file(spiece)
         else:
             resolve_offline(name_or_path, what="tokenizer")
@@ -95,6 +90,20 @@ class SentencePieceTokenizer:
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
         return self._tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def local_spiece_file(name_or_path: str) -> str | None:
+    """The SentencePiece file a T5 tokenizer name points at: the file itself, or a directory's
+    spiece.model (TokenizerError if it has none); None for a hub id."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    if not os.path.isdir(name_or_path):
+        return None
+    spiece = os.path.join(name_or_path, SPIECE_FILE)
+    if not os.path.isfile(spiece):
+        raise TokenizerError(f"no {SPIECE_FILE} in {name_or_path!r}: copy the model's SentencePiece file "
+                             "there, or pass one as --config.model.tokenizer=/path/to/spiece.model")
+    return spiece
 
 
 def _tokenizer_from_spiece_file(path: str):

@@ -27,7 +27,7 @@ import numpy as np
 
 from s3delta_jax import data as data_lib
 from s3delta_jax.data.pipeline import IGNORE_LABEL
-from s3delta_jax.data.tokenizers import BYTE_TOKENIZERS, SPIECE_FILE, Tokenizer, get_tokenizer
+from s3delta_jax.data.tokenizers import BYTE_TOKENIZERS, SPIECE_FILE, Tokenizer, get_tokenizer, local_spiece_file
 from s3delta_jax.models import checkpoint_files
 from s3delta_jax.models.backbone import ApplyFn, Backbone, Batch, Params, TaskHead
 from s3delta_jax.models.dtypes import parse_dtype
@@ -114,7 +114,7 @@ class T5Backbone(Backbone):
     def save_tokenizer(self, directory: str) -> None:
         """Copies the SentencePiece file (the byte tokenizer has none)."""
         if self.tokenizer_name not in BYTE_TOKENIZERS:
-            shutil.copyfile(spiece_file(self.tokenizer_name), os.path.join(directory, SPIECE_FILE))
+            shutil.copyfile(_spiece_file(self.tokenizer_name), os.path.join(directory, SPIECE_FILE))
 
     def example_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
@@ -174,19 +174,18 @@ class Seq2SeqHead(TaskHead):
         return [targets[i] for i in outputs]
 
 
-def spiece_file(name: str) -> str:
-    """The SentencePiece file of a T5 tokenizer name: the file itself, a directory's, or a hub id's (cache)."""
-    if os.path.isfile(name):
-        return name
-    if os.path.isdir(name):
-        return os.path.join(name, SPIECE_FILE)
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(name, SPIECE_FILE)
-
-
 def padded_label_ids(targets: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:
     """int32[labels, length]: each target's ids (EOS included), padded with -100 to one common length."""
     encoded = [tokenizer.encode(t) for t in targets]
     length = max(len(ids) for ids in encoded)
     return np.asarray([ids + [IGNORE_LABEL] * (length - len(ids)) for ids in encoded], np.int32)
+
+
+def _spiece_file(name: str) -> str:
+    """The SentencePiece file of a T5 tokenizer name: a local one, or a hub id's (from the cache)."""
+    local = local_spiece_file(name)
+    if local is not None:
+        return local
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(name, SPIECE_FILE)
