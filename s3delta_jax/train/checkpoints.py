@@ -20,9 +20,10 @@ and then nothing is moved.
 When an orbax read or write fails (a step without files.json, a state that does not fit, a full
 disk), the operations it had started for the other arrays complete after its event loop has closed,
 and tensorstore reports each as "RuntimeError: Event loop is closed" through sys.unraisablehook, even
-before the error reaches us; those reports say nothing about the checkpoint, so they are dropped once
-RunCheckpoints is created, as are orbax's log lines about a step's unreadable metadata file (the step is
-reported when it is read).
+before the error reaches us, and asyncio logs the failures of the reads that nobody awaited any more
+("Task exception was never retrieved", with orbax's traceback); those reports say nothing the one line
+about the step does not, so they are dropped once RunCheckpoints is created, as are orbax's log lines
+about a step's unreadable metadata file (the step is reported when it is read).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str):
         _drop_closed_loop_reports()
-        _drop_step_metadata_logs()
+        _add_log_filter("absl", _StepMetadataLogFilter())
+        _add_log_filter("asyncio", _OrbaxTaskLogFilter())
         self.root = os.path.abspath(os.path.join(workdir, "checkpoints"))
         if jax.process_index() == 0:
             for kind in KINDS:
@@ -268,10 +270,26 @@ class _StepMetadataLogFilter(logging.Filter):
                     and str(record.msg).startswith(self.PREFIXES))
 
 
-def _drop_step_metadata_logs() -> None:
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _StepMetadataLogFilter) for f in absl_logger.filters):
-        absl_logger.addFilter(_StepMetadataLogFilter())
+class _OrbaxTaskLogFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records whose exception was raised in
+    orbax: the other reads of a failed restore, left running when the first failure was raised."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Task exception was never retrieved") or not record.exc_info:
+            return True
+        traceback = record.exc_info[2]
+        while traceback is not None:
+            if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
+                return False
+            traceback = traceback.tb_next
+        return True
+
+
+def _add_log_filter(logger_name: str, log_filter: logging.Filter) -> None:
+    """Adds `log_filter` to the named logger unless one of its type is there already."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, type(log_filter)) for f in logger.filters):
+        logger.addFilter(log_filter)
 
 
 def _say(message: str) -> None:

@@ -183,3 +183,28 @@ def test_an_orbax_failure_prints_no_event_loop_tracebacks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith(os.path.join("latest", "1"))
     assert "Event loop is closed" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_only_orbax_tasks_never_retrieved_are_dropped_from_the_asyncio_log(tmp_path, caplog):
+    """The failed reads of a restore that nobody awaits are logged by asyncio when collected (which
+    one and when is up to the garbage collector): those raised in orbax go, every other one stays."""
+    import asyncio
+    import logging
+
+    import orbax.checkpoint as ocp
+
+    RunCheckpoints(str(tmp_path)).close()
+    try:
+        ocp.CheckpointManager(str(tmp_path / "none")).restore(3)
+    except Exception as error:  # raised inside orbax: no step 3
+        orbax_error = error
+    try:
+        raise ValueError("ours")
+    except ValueError as error:
+        our_error = error
+    asyncio_log = logging.getLogger("asyncio")
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for error in (orbax_error, our_error):
+            asyncio_log.error("Task exception was never retrieved\nfuture: <Task finished>",
+                              exc_info=(type(error), error, error.__traceback__))
+    assert [record.exc_info[1] for record in caplog.records] == [our_error]
