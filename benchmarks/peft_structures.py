@@ -143,7 +143,8 @@ def _train(model, name: str, config: ml_collections.ConfigDict, splits: dict[str
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=phase.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(full_steps, 1)))
-    batches = data_lib.TrainBatches(splits["train"].encoded, phase.batch_size, seed=config.seed)
+    batches = data_lib.TrainBatches(splits["train"].encoded, phase.batch_size, seed=config.seed,
+                                    pad_multiple=config.data.pad_multiple, group_batches=phase.group_batches)
     # Evaluations within the budget first, then the higher (>=: the later) validation score.
     best = {"key": (False, -math.inf), "step": -1, "val": {}, "eligible": False, "params": None, "state": {}}
     for step in range(1, steps + 1):

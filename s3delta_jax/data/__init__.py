@@ -20,6 +20,7 @@ from s3delta_jax.data.pipeline import (
     bucket_lengths,
     encode_examples,
     eval_batches,
+    next_aligned_batches,
 )
 from s3delta_jax.data.registry import get_task, task_names
 from s3delta_jax.data.sources import load_split, require_hub
@@ -30,5 +31,5 @@ from s3delta_jax.data.tasks import Example, Task
 __all__ = [
     "DataFormatError", "EncodedExamples", "EvalBatch", "Example", "FIXES", "Splits", "Task", "TrainBatches",
     "bucket_lengths", "compute_metrics", "encode_examples", "eval_batches", "get_task", "load_split",
-    "make_synthetic_task", "paper_splits", "primary_metric", "require_hub", "search_halves", "task_names",
+    "make_synthetic_task", "next_aligned_batches", "paper_splits", "primary_metric", "require_hub", "search_halves", "task_names",
 ]

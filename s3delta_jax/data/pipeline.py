@@ -11,11 +11,14 @@ Classification / regression examples (encoders): input_ids and attention_mask as
   token_type_ids          int32 [rows, length]: segment ids of a text pair (0 first, 1 second)
   labels                  int32 [rows] class ids, or float32 [rows] regression scores
   weights                 float32 [rows]: 1 for real rows, 0 for padding rows
-Lengths are padded up to a bucket (powers of two from `min_bucket`, capped by the maximum length),
-chosen from the whole global batch so that every host sees the same shapes; a run therefore compiles
-at most len(source buckets) x len(target buckets) shapes. Batches always have `batch_size` rows: a
+Lengths are padded up to a bucket (powers of two from `min_bucket`, below N then multiples of N
+with `pad_multiple` N > 0; capped by the maximum length), chosen from the whole global batch so that
+every host sees the same shapes; a run therefore compiles at most len(source buckets) x len(target
+buckets) shapes. Batches always have `batch_size` rows: a
 short final batch is filled with padding rows (all masks 0, labels -100, weight 0), which the losses
-ignore.
+ignore. Training batches can be grouped by length (`group_batches` K > 0, as Hugging Face Trainer's
+group_by_length): each epoch's shuffled order is cut into runs of K batches whose examples are sorted
+by length, longest first, so a batch pads to little more than its own examples.
 
 With several hosts (`process_count` P), host k gets rows [k B/P, (k+1) B/P) of every global batch of
 B rows; all hosts walk the same global order.
@@ -108,12 +111,21 @@ def encode_examples(
     )
 
 
-def bucket_lengths(max_length: int, min_bucket: int = DEFAULT_MIN_BUCKET) -> tuple[int, ...]:
-    """Powers of two from `min_bucket` below `max_length`, then `max_length`: e.g. 128 -> (8, 16, 32, 64, 128)."""
+def bucket_lengths(max_length: int, min_bucket: int = DEFAULT_MIN_BUCKET, pad_multiple: int = 0) -> tuple[int, ...]:
+    """Powers of two from `min_bucket` (below `pad_multiple` when it is > 0, then its multiples) below
+    `max_length`, then `max_length`: e.g. 128 -> (8, 16, 32, 64, 128); with pad_multiple 32 ->
+    (8, 16, 32, 64, 96, 128)."""
+    if pad_multiple < 0:
+        raise ValueError(f"pad_multiple must be >= 0 (0: powers of two), got {pad_multiple}")
     buckets, length = [], min_bucket
-    while length < max_length:
+    while length < max_length and not (pad_multiple and length >= pad_multiple):
         buckets.append(length)
         length *= 2
+    if pad_multiple:
+        length = (buckets[-1] // pad_multiple + 1) * pad_multiple if buckets else pad_multiple
+        while length < max_length:
+            buckets.append(length)
+            length += pad_multiple
     return tuple(buckets) + (max_length,)
 
 
@@ -125,7 +137,7 @@ class Batcher:
     """Builds host slices of global batches of `encoded` (see the module docstring)."""
 
     def __init__(self, encoded: EncodedExamples, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1, min_bucket: int = DEFAULT_MIN_BUCKET):
+                 process_count: int = 1, min_bucket: int = DEFAULT_MIN_BUCKET, pad_multiple: int = 0):
         if len(encoded) == 0:
             raise ValueError("no examples to batch")
         if batch_size < 1 or batch_size % process_count:
@@ -137,16 +149,22 @@ class Batcher:
         self.batch_size = batch_size
         self.rows_per_host = batch_size // process_count
         self.process_index = process_index
-        self.source_buckets = bucket_lengths(encoded.max_source_length, min_bucket)
-        self.target_buckets = bucket_lengths(max(encoded.max_target_length, 1), min_bucket)
+        self.source_buckets = bucket_lengths(encoded.max_source_length, min_bucket, pad_multiple)
+        self.target_buckets = bucket_lengths(max(encoded.max_target_length, 1), min_bucket, pad_multiple)
         self.source_lengths, self.target_lengths = encoded.lengths()
 
-    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def padded_lengths(self, indices: np.ndarray) -> tuple[int, int]:
+        """(source, target) lengths the batch of examples `indices` pads to: their buckets."""
+        return (_bucket(int(self.source_lengths[indices].max()), self.source_buckets),
+                _bucket(int(self.target_lengths[indices].max()), self.target_buckets))
+
+    def batch(self, indices: np.ndarray, at_least: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
         """This host's rows of the global batch of examples `indices` (at most `batch_size`; the
-        rest of the batch is padding rows). Arrays: int32 [rows_per_host, bucketed length]."""
+        rest of the batch is padding rows). Arrays: int32 [rows_per_host, bucketed length], the
+        (source, target) lengths padded to at least `at_least` (lengths of this batcher's buckets)."""
         if not 0 < len(indices) <= self.batch_size:
             raise ValueError(f"a batch holds 1..{self.batch_size} examples, got {len(indices)}")
-        source_length = _bucket(int(self.source_lengths[indices].max()), self.source_buckets)
+        source_length, target_length = map(max, zip(self.padded_lengths(indices), at_least))
         first = self.process_index * self.rows_per_host
         mine = indices[first: first + self.rows_per_host]
         input_ids = np.full((self.rows_per_host, source_length), self.encoded.pad_id, dtype=np.int32)
@@ -168,7 +186,6 @@ class Batcher:
             weights = np.zeros((self.rows_per_host,), np.float32)
             weights[: len(mine)] = 1.0
             return {**batch, "labels": labels, "weights": weights}
-        target_length = _bucket(int(self.target_lengths[indices].max()), self.target_buckets)
         labels = np.full((self.rows_per_host, target_length), IGNORE_LABEL, dtype=np.int32)
         for row, example in enumerate(mine):
             target = self.encoded.target_ids[example]
@@ -179,19 +196,22 @@ class Batcher:
 class TrainBatches:
     """Shuffled training batches, epoch after epoch (an endless iterator), resumable mid-epoch.
 
-    Epoch e visits the examples in the order Generator(PCG64([seed, e])).permutation(n), in
-    consecutive global batches of `batch_size`; with `drop_last` the final partial batch of an epoch
-    is skipped, otherwise it is filled with padding rows. `state()` is a JSON-serialisable dict
-    {"epoch", "position"} (position = batches already taken in that epoch); passing it back as
-    `state=` continues with the very next batch.
+    Epoch e visits the examples in the order Generator(PCG64([seed, e])).permutation(n) (with
+    `group_batches` K > 0, each run of K * batch_size examples of it then sorted by source length,
+    longest first, ties in permutation order), in consecutive global batches of `batch_size`; with
+    `drop_last` the final partial batch of an epoch is skipped, otherwise it is filled with padding
+    rows. `state()` is a JSON-serialisable dict {"epoch", "position"} (position = batches already
+    taken in that epoch); passing it back as `state=` continues with the very next batch.
     """
 
     def __init__(self, encoded: EncodedExamples, batch_size: int, seed: int, *, drop_last: bool = False,
                  process_index: int = 0, process_count: int = 1, min_bucket: int = DEFAULT_MIN_BUCKET,
-                 state: dict[str, Any] | None = None):
+                 pad_multiple: int = 0, group_batches: int = 0, state: dict[str, Any] | None = None):
         self.batcher = Batcher(encoded, batch_size, process_index=process_index,
-                               process_count=process_count, min_bucket=min_bucket)
-        self.seed = seed
+                               process_count=process_count, min_bucket=min_bucket, pad_multiple=pad_multiple)
+        if group_batches < 0:
+            raise ValueError(f"group_batches must be >= 0 (0: no grouping by length), got {group_batches}")
+        self.seed, self.group_batches = seed, group_batches
         n = len(encoded)
         self.batches_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         if self.batches_per_epoch == 0:
@@ -207,20 +227,39 @@ class TrainBatches:
         """The example order of `epoch`: a permutation of range(num examples)."""
         if epoch != self._order_epoch:
             rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
-            self._order_epoch, self._order = epoch, rng.permutation(len(self.batcher.encoded))
+            order = rng.permutation(len(self.batcher.encoded))
+            if self.group_batches:
+                run = self.group_batches * self.batcher.batch_size
+                lengths = self.batcher.source_lengths
+                order = np.concatenate([part[np.argsort(-lengths[part], kind="stable")]
+                                        for part in np.split(order, range(run, len(order), run))])
+            self._order_epoch, self._order = epoch, order
         return self._order
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        return self.batcher.batch(self.next_indices())
+
+    def next_indices(self) -> np.ndarray:
+        """The examples of the next batch (int64 [<= batch_size]); moves past it."""
         size = self.batcher.batch_size
         indices = self.epoch_order(self.epoch)[self.position * size: (self.position + 1) * size]
-        batch = self.batcher.batch(indices)
         self.position += 1
         if self.position == self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        return batch
+        return indices
+
+
+def next_aligned_batches(loaders: Sequence[TrainBatches]) -> list[dict[str, np.ndarray]]:
+    """The next batch of each loader, all padded to the same (source, target) lengths, the longest of
+    their buckets: a step that takes several batches then compiles once per bucket, not once per
+    combination of buckets. The loaders' buckets must agree (same maximum lengths and padding)."""
+    indices = [loader.next_indices() for loader in loaders]
+    lengths = [loader.batcher.padded_lengths(i) for loader, i in zip(loaders, indices)]
+    longest = (max(source for source, _ in lengths), max(target for _, target in lengths))
+    return [loader.batcher.batch(i, longest) for loader, i in zip(loaders, indices)]
 
 
 def _checked_state(state: dict[str, Any], batches_per_epoch: int) -> tuple[int, int]:

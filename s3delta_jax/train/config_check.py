@@ -142,6 +142,7 @@ def _schedule_rules(phase: str) -> dict[str, Rule]:
         f"{phase}.eval_batch_size": integer(minimum=1),
         f"{phase}.learning_rate": number(positive=True),
         f"{phase}.clip_norm": number(positive=True),
+        f"{phase}.group_batches": integer(minimum=0),
         f"{phase}.max_steps": integer(),  # <= 0: no cut
         f"{phase}.checkpoint_every": integer(),  # <= 0: at every evaluation
     }
@@ -162,6 +163,7 @@ FIELD_RULES: dict[str, Rule] = {
     "data.path": directory_or_empty,
     "data.fix_reference_bugs": reference_fixes,
     "data.max_source_length": integer(minimum=0),
+    "data.pad_multiple": integer(minimum=0),
     "search.space": text(nonempty=True),
     "search.budget": budget,
     "search.estimator": choice("s3delta_jax.search.hypergrad:ESTIMATORS"),

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from s3delta_jax.data import TrainBatches
+from s3delta_jax.data import TrainBatches, next_aligned_batches
 from s3delta_jax.train.checkpoints import RunCheckpoints
 from s3delta_jax.train.outputs import MetricsLog
 from s3delta_jax.train.progress import Progress
@@ -43,7 +43,8 @@ class Phase:
       total_steps: steps of the whole phase (epochs x batches per epoch, or a cut).
       eval_every / checkpoint_every: in steps; checkpoint_every <= 0 means at every evaluation.
       step_fn: `(state, *batches) -> (state, metrics dict of scalars)`, jitted.
-      loaders: the endless batch iterators; one batch of each is passed to `step_fn`.
+      loaders: the endless batch iterators; one batch of each is passed to `step_fn`, all padded to
+        the same lengths (`data.next_aligned_batches`).
       evaluate: `state -> {metric: value}` on the validation split (primary metric first).
       best_payload: `state -> pytree` kept as the best checkpoint.
     """
@@ -151,7 +152,7 @@ def _run(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: st
     # while the host logs and prepares batches; logging catches up before every checkpoint.
     pending, saved_step, evaluated = None, start_step, False
     for step in range(start_step + 1, phase.total_steps + 1):
-        batches = [next(loader) for loader in phase.loaders]
+        batches = next_aligned_batches(phase.loaders)
         if step == start_step + 1:
             say(f"compiling the {phase.name} step ... (first step only)")
         state, metrics = phase.step_fn(state, *batches)

@@ -17,14 +17,22 @@ from s3delta_jax.train.sharding import Partitioner, build_mesh
 from s3delta_jax.train.workdir import check_run_identity, prepare_workdir
 
 
-def start_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict[str, Any],
-              allow_config_change: Sequence[str] = ()) -> bool:
-    """Checks `workdir` (a new one, or this very run to resume: see train/workdir.py; `fingerprint`
-    identifies the backbone and anything else the run depends on) and writes config.json into it
-    (process 0). Returns whether this process writes the outputs. The processes of a multi-host run
-    must have joined first (`distributed.start_processes`, before any JAX call)."""
+def check_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict[str, Any],
+              allow_config_change: Sequence[str] = ()) -> None:
+    """Checks that `workdir` can hold this run: a new one, or this very run to resume (see
+    train/workdir.py; `fingerprint` identifies the backbone and anything else the run depends on).
+    Creates the directory if missing and writes nothing into it: `record_run` does, once the run's
+    inputs have loaded, so that a run refused for bad input leaves the workdir as it was."""
+    check_run_identity(prepare_workdir(workdir), config.to_dict(), fingerprint, allowed=allow_config_change,
+                       write=False)
+
+
+def record_run(config: ml_collections.ConfigDict, workdir: str, fingerprint: dict[str, Any],
+               allow_config_change: Sequence[str] = ()) -> bool:
+    """Records the run checked by `check_run` in `workdir` (run.json and config.json, from process 0).
+    Returns whether this process writes the outputs. The processes of a multi-host run must have
+    joined first (`distributed.start_processes`, before any JAX call)."""
     writer = outputs.is_writer()
-    workdir = prepare_workdir(workdir)
     check_run_identity(workdir, config.to_dict(), fingerprint, allowed=allow_config_change, write=writer)
     if writer:
         outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -90,10 +98,13 @@ def load_task_data(data_config: ml_collections.ConfigDict, backbone: Backbone, s
     return TaskData(task, examples, encoded)
 
 
-def train_batches(encoded: data_lib.EncodedExamples, batch_size: int, seed: int, partitioner: Partitioner,
-                  field: str) -> data_lib.TrainBatches:
-    """Shuffled batches of this process's rows (the same global order on every mesh); `field` names
-    the batch size setting in errors."""
-    partitioner.check_batch_size(batch_size, field)
+def train_batches(encoded: data_lib.EncodedExamples, config: ml_collections.ConfigDict, phase: str,
+                  seed: int, partitioner: Partitioner) -> data_lib.TrainBatches:
+    """Shuffled batches of this process's rows (the same global order on every mesh) for `phase`
+    ("search" or "retrain": its batch size and grouping by length), padded as `config.data` says."""
+    phase_config = config[phase]
+    partitioner.check_batch_size(phase_config.batch_size, f"{phase}.batch_size")
     index, count = partitioner.host_slice
-    return data_lib.TrainBatches(encoded, batch_size, seed=seed, process_index=index, process_count=count)
+    return data_lib.TrainBatches(encoded, phase_config.batch_size, seed=seed, process_index=index,
+                                 process_count=count, pad_multiple=config.data.pad_multiple,
+                                 group_batches=phase_config.group_batches)

@@ -24,7 +24,7 @@ from s3delta_jax.train.config_check import validate_config
 from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, phase_steps, run_phase
-from s3delta_jax.train.prepare import load_task_data, place_backbone, start_run, train_batches
+from s3delta_jax.train.prepare import check_run, load_task_data, place_backbone, record_run, train_batches
 from s3delta_jax.train.retrainer import Retrainer
 from s3delta_jax.train.searching import EXTRA_KEY_SALT
 from s3delta_jax.train.summary import summary_lines, write_summary
@@ -49,12 +49,13 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     candidates = structure.candidates_for(positions)
     with open(structure_path, "rb") as f:
         structure_sha256 = hashlib.sha256(f.read()).hexdigest()
-    writer = start_run(config, workdir, {**fingerprint, "structure_sha256": structure_sha256},
-                       allow_config_change)
+    run_fingerprint = {**fingerprint, "structure_sha256": structure_sha256}
+    check_run(config, workdir, run_fingerprint, allow_config_change)
     data = load_task_data(config.data, backbone, config.seed, with_search_halves=False)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
     placed = place_backbone(backbone, config.seed, config.mesh)
     partitioner, params = placed.partitioner, placed.params
+    writer = record_run(config, workdir, run_fingerprint, allow_config_change)
     setup_seconds = time.monotonic() - started
 
     phase_config = config.retrain
@@ -81,8 +82,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
         name="retrain", total_steps=steps, eval_every=phase_config.eval_every,
         checkpoint_every=phase_config.checkpoint_every,
         step_fn=lambda s, batch: retrainer.step(s, params, partitioner.global_batch(batch)),
-        loaders=[train_batches(data.encoded["train"], phase_config.batch_size, config.seed, partitioner,
-                               "retrain.batch_size")],
+        loaders=[train_batches(data.encoded["train"], config, "retrain", config.seed, partitioner)],
         evaluate=lambda s: evaluate_split(variables_of(s), "validation")[0],
         best_payload=variables_of,
     )

@@ -31,7 +31,7 @@ from s3delta_jax.train.config_check import validate_config
 from s3delta_jax.train.distributed import start_processes
 from s3delta_jax.train.evaluate import Evaluator
 from s3delta_jax.train.loop import Phase, phase_steps, run_phase
-from s3delta_jax.train.prepare import load_task_data, place_backbone, start_run, train_batches
+from s3delta_jax.train.prepare import check_run, load_task_data, place_backbone, record_run, train_batches
 from s3delta_jax.train.summary import summary_lines, write_summary
 from s3delta_jax.train.system import peak_memory_bytes
 
@@ -58,7 +58,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     settings = search_settings(config.search)
     backbone = load_backbone(config.model)
     fingerprint = backbone.fingerprint()
-    writer = start_run(config, workdir, fingerprint, allow_config_change)
+    check_run(config, workdir, fingerprint, allow_config_change)
     data = load_task_data(config.data, backbone, config.seed, with_search_halves=True)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
     expansion = expand(backbone.space(config.search.space), backbone.positions())
@@ -66,6 +66,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     budget = budget_params(config.search.budget, backbone.num_params)
     placed = place_backbone(backbone, config.seed, config.mesh)
     partitioner, params = placed.partitioner, placed.params
+    writer = record_run(config, workdir, fingerprint, allow_config_change)
     setup_seconds = time.monotonic() - started
 
     phase_config = config.search
@@ -92,8 +93,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
         return {"delta": state.delta, "alpha": state.alpha, "extra": state.extra}
 
     loaders = [
-        train_batches(data.encoded[split], phase_config.batch_size, 2 * config.seed + i, partitioner,
-                      "search.batch_size")
+        train_batches(data.encoded[split], config, "search", 2 * config.seed + i, partitioner)
         for i, split in enumerate(("delta", "alpha"))
     ]
     checkpoints = RunCheckpoints(workdir)

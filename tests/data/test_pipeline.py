@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from s3delta_jax.data import TrainBatches, bucket_lengths, encode_examples, eval_batches, get_task
+from s3delta_jax.data import (TrainBatches, bucket_lengths, encode_examples, eval_batches, get_task,
+                              next_aligned_batches)
 from s3delta_jax.data.pipeline import truncate
 from s3delta_jax.data.tasks import Example
 from s3delta_jax.data.tokenizers import get_tokenizer
@@ -117,6 +118,69 @@ def test_bucketed_padding_bounds_the_number_of_shapes():
         shapes.add((batch["input_ids"].shape, batch["labels"].shape))
     assert len(shapes) <= len(bucket_lengths(128)) * len(bucket_lengths(encoded.max_target_length))
     assert len(shapes) >= 3  # the lengths really vary
+
+
+def test_pad_multiple_buckets_are_powers_of_two_then_its_multiples():
+    assert bucket_lengths(128, pad_multiple=32) == (8, 16, 32, 64, 96, 128)
+    assert bucket_lengths(128, pad_multiple=16) == (8, 16, 32, 48, 64, 80, 96, 112, 128)
+    assert bucket_lengths(100, pad_multiple=32) == (8, 16, 32, 64, 96, 100)
+    assert bucket_lengths(128, pad_multiple=24) == (8, 16, 24, 48, 72, 96, 120, 128)
+    with pytest.raises(ValueError, match="pad_multiple"):
+        bucket_lengths(128, pad_multiple=-1)
+
+
+def test_grouped_batches_sort_each_run_of_the_shuffled_order_by_length():
+    _, encoded = make_encoded(n=100, max_source_length=128)
+    source_lengths, _ = encoded.lengths()
+    plain = TrainBatches(encoded, batch_size=4, seed=5)
+    grouped = TrainBatches(encoded, batch_size=4, seed=5, group_batches=3, pad_multiple=16)
+    for epoch in (0, 1):
+        shuffled, order = plain.epoch_order(epoch), grouped.epoch_order(epoch)
+        for start in range(0, 100, 12):  # runs of 3 batches of 4; the last run holds 4 examples
+            run = order[start: start + 12]
+            assert sorted(run) == sorted(shuffled[start: start + 12])
+            lengths = source_lengths[run]
+            assert (np.diff(lengths) <= 0).all()  # longest first
+            for length in np.unique(lengths):  # ties keep the shuffled order
+                tied = run[lengths == length]
+                assert list(tied) == [i for i in shuffled[start: start + 12] if i in set(tied)]
+    padded = [next(grouped)["input_ids"].shape[1] for _ in range(grouped.batches_per_epoch)]
+    unpadded = [next(plain)["input_ids"].shape[1] for _ in range(plain.batches_per_epoch)]
+    assert sum(padded) < sum(unpadded)
+    with pytest.raises(ValueError, match="group_batches"):
+        TrainBatches(encoded, batch_size=4, seed=5, group_batches=-1)
+
+
+def test_a_grouped_loader_resumes_with_the_very_next_batch():
+    _, encoded = make_encoded(n=37)
+    original = TrainBatches(encoded, batch_size=4, seed=9, group_batches=2)
+    for _ in range(13):
+        next(original)
+    resumed = TrainBatches(encoded, batch_size=4, seed=9, group_batches=2, state=original.state())
+    for _ in range(12):
+        expected, batch = next(original), next(resumed)
+        assert all((expected[k] == batch[k]).all() for k in expected)
+
+
+def test_aligned_batches_share_the_longest_bucket_and_keep_their_rows():
+    _, encoded = make_encoded(n=100, max_source_length=128)
+    loaders = [TrainBatches(encoded, batch_size=2, seed=seed) for seed in (0, 1)]
+    references = [TrainBatches(encoded, batch_size=2, seed=seed) for seed in (0, 1)]
+    differed = False
+    for _ in range(30):
+        aligned = next_aligned_batches(loaders)
+        own = [next(reference) for reference in references]
+        widths = [batch["input_ids"].shape[1] for batch in own]
+        differed |= widths[0] != widths[1]
+        for batch, reference in zip(aligned, own):
+            assert batch["input_ids"].shape[1] == max(widths)
+            assert batch["labels"].shape[1] == max(r["labels"].shape[1] for r in own)
+            for name, array in reference.items():
+                pad = -100 if name == "labels" else 0
+                columns = array.shape[1]
+                assert (batch[name][:, :columns] == array).all() and (batch[name][:, columns:] == pad).all()
+    assert differed  # the two loaders' own buckets really differed in some step
+    assert [loader.state() for loader in loaders] == [reference.state() for reference in references]
 
 
 @pytest.mark.parametrize("process_count", [2, 4])

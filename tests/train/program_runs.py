@@ -17,3 +17,10 @@ def command(program: str, config: str, workdir: Path, *extra: str) -> list[str]:
 
 def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(err: str) -> str:
+    """The only line of `err`, which must be a one-line error (no traceback)."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

@@ -188,7 +188,6 @@ def test_an_orbax_failure_prints_no_event_loop_tracebacks(tmp_path):
 def test_only_orbax_tasks_never_retrieved_are_dropped_from_the_asyncio_log(tmp_path, caplog):
     """The failed reads of a restore that nobody awaits are logged by asyncio when collected (which
     one and when is up to the garbage collector): those raised in orbax go, every other one stays."""
-    import asyncio
     import logging
 
     import orbax.checkpoint as ocp

@@ -12,6 +12,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from program_runs import one_error_line
+
 from s3delta_jax.errors import UserError
 from s3delta_jax.train import cli
 from s3delta_jax.train.config_check import FIELD_RULES
@@ -20,32 +22,6 @@ from s3delta_jax.train.config_file import leaf_fields, load_config
 ROOT = Path(__file__).resolve().parents[2]
 MRPC = str(ROOT / "configs" / "mrpc.py")
 FUZZ_CASES = int(os.environ.get("S3DELTA_CONFIG_FUZZ_CASES", "40"))  # every field x value: 0
-
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys, tmp_path):
-    """`run_cli(*args, main=...) -> (exit code, stdout, stderr)` of cli.run_main in this process."""
-    if "workdir" not in cli.FLAGS:
-        cli.define_flags()
-
-    def call(*args: str, main=lambda: None):
-        monkeypatch.setattr(sys, "argv", ["run_search.py", *args])
-        cli.FLAGS.unparse_flags()
-        try:
-            cli.run_main(main)
-            code = 0
-        except SystemExit as stopped:
-            code = stopped.code
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return call
-
-
-def one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_python_run_search_help_lists_flags_fields_defaults_and_comments():

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from program_runs import ROOT, SEARCH_OUTPUTS, command, run
+from program_runs import ROOT, SEARCH_OUTPUTS, command, one_error_line, run
 
 
 @pytest.fixture(scope="session")
@@ -163,3 +163,97 @@ def test_unreadable_checkpoint_is_one_line_and_exit_2_and_keeps_outputs(smoke_se
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "checkpoint" in last
     assert {name: (workdir / name).read_bytes() for name in SEARCH_OUTPUTS} == before
+
+
+@pytest.fixture(scope="module")
+def smoke_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The smoke T5 as Hugging Face directories: one without spiece.model, one with a truncated
+    model.safetensors."""
+    import jax
+
+    from s3delta_jax.models.registry import load_backbone
+    from s3delta_jax.train.config_file import load_config
+
+    backbone = load_backbone(load_config(str(ROOT / "configs" / "mrpc.py:smoke")).model)
+    root = tmp_path_factory.mktemp("smoke-models")
+    without_spiece, truncated = root / "without-spiece", root / "truncated"
+    for directory in (without_spiece, truncated):
+        backbone.save_hf_checkpoint(backbone.init_params(jax.random.PRNGKey(0)), str(directory))
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return {"without_spiece": without_spiece, "truncated": truncated}
+
+
+SMOKE = f"--config={ROOT / 'configs' / 'mrpc.py'}:smoke"
+FROM_DIRECTORY = ("--config.model.random_init=false", "--config.model.config_overrides={{}}")
+
+# (workdir: a copy of the finished smoke search, the same unfinished, or a new one; arguments with
+# {placeholders}; what the one error line says). The rows of issue 17's table that end in exit 2.
+BAD_INPUTS = {
+    "another config, finished": ("finished", [SMOKE, "--config.search.budget=1000"], "search.budget 0.015 -> 1000"),
+    "another budget, unfinished": ("unfinished", [SMOKE, "--config.search.budget=1000"], "search.budget"),
+    "another space, unfinished": ("unfinished", [SMOKE, "--config.search.space=s3pet_lora"],
+                                  "search.space 's3pet_mix' -> 's3pet_lora'"),
+    "model directory without spiece.model": (
+        "new", [SMOKE, "--config.model.name={without_spiece}", *FROM_DIRECTORY, "--config.model.tokenizer="],
+        "no spiece.model in '{without_spiece}'"),
+    "truncated model.safetensors": ("new", [SMOKE, "--config.model.name={truncated}", *FROM_DIRECTORY],
+                                    "{truncated}/model.safetensors"),
+    "missing config file": ("finished", ["--config=configs/nope.py"], "config file configs/nope.py does not exist"),
+    "config file with a syntax error": ("finished", ["--config={syntax_error}"], "my_config.py:2: syntax error"),
+    "unknown variant": ("finished", [f"{SMOKE[:-len('smoke')]}smok"], "unknown config variant 'smok'"),
+    "unknown field": ("finished", [SMOKE, "--config.search.bugdet=1"], "did you mean search.budget?"),
+    "workdir under a file": ("new", [SMOKE, "--workdir={a_file}/run"], "lies under {a_file}, which is a file"),
+    "a file as workdir": ("new", [SMOKE, "--workdir={a_file}"], "--workdir {a_file} is a file"),
+    "unwritable workdir": ("finished", [SMOKE], "is not writable"),
+    "header-only data file": ("new", [SMOKE, "--config.data.task=mrpc", "--config.data.path={header_only}"],
+                              "no examples in {header_only}/train.tsv"),
+}
+
+
+def search_main() -> None:
+    """run_search.py's main, without its re-training (the smoke config does not chain it)."""
+    from s3delta_jax.train import cli
+    from s3delta_jax.train.searching import run_search
+
+    run_search(cli.FLAGS.config, cli.FLAGS.workdir, cli.FLAGS.allow_config_change)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2_and_changes_no_file(case, smoke_search, smoke_model_dirs, run_cli,
+                                                              tmp_path, monkeypatch):
+    """Issue 17's table, run by the program's main on a finished or unfinished copy of the smoke search,
+    or on a new workdir; every file the run could touch (workdir, model, data, config) is checksummed."""
+    kind, args, expected = BAD_INPUTS[case]
+    inputs = tmp_path / "inputs"
+    (inputs / "header-only").mkdir(parents=True)
+    for split in ("train", "validation"):
+        (inputs / "header-only" / f"{split}.tsv").write_text("sentence1\tsentence2\tlabel\tidx\n")
+    (inputs / "my_config.py").write_text("def get_config():\n    return dict(a=\n")
+    (inputs / "a_file").write_text("not a directory\n")
+    places = {**{name: str(path) for name, path in smoke_model_dirs.items()}, "a_file": str(inputs / "a_file"),
+              "header_only": str(inputs / "header-only"), "syntax_error": str(inputs / "my_config.py")}
+    workdir = tmp_path / "run"
+    if kind != "new":
+        copy_of(smoke_search, workdir)
+    if kind == "unfinished":  # as after a kill before the end: checkpoints, no final outputs
+        for name in ("structure.json", "gates.tsv", "heatmap.png", "results.json"):
+            (workdir / name).unlink()
+    if case == "unwritable workdir":  # as root sees a read-only mount (root passes permission checks)
+        from s3delta_jax.train import workdir as workdir_lib
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(workdir_lib.tempfile, "TemporaryFile", refuse)
+    args = [arg.format(**places) for arg in args]
+    if not any(arg.startswith("--workdir") for arg in args):
+        args.append(f"--workdir={workdir}")
+    before = {path: checksums(path) for path in (workdir, *smoke_model_dirs.values(), inputs)}
+
+    code, _, err = run_cli(*args, main=search_main)
+
+    assert code == 2, err[-2000:]
+    assert expected.format(**places) in one_error_line(err)
+    assert {path: checksums(path) for path in before} == before
+    assert kind != "new" or not workdir.exists() or not any(workdir.iterdir())
