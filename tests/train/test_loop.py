@@ -20,22 +20,33 @@ from s3delta_jax.train.loop import Phase, run_phase
 TOTAL_STEPS, EVAL_EVERY = 12, 3
 
 
+class ToyBatcher:
+    """Batches of one toy loader: a seeded float32 [4] vector per batch of indices; one bucket."""
+
+    def padded_lengths(self, indices: np.ndarray) -> tuple[int, int]:
+        return 4, 1
+
+    def batch(self, indices: np.ndarray, at_least: tuple[int, int] = (0, 0)) -> np.ndarray:
+        return np.random.default_rng(indices.tolist()).normal(size=(4,)).astype(np.float32)
+
+
 class ToyBatches:
-    """An endless, seeded batch iterator with TrainBatches' position interface."""
+    """An endless, seeded batch iterator with TrainBatches' interface (positions, next_indices, batcher)."""
 
     def __init__(self, seed: int, batches_per_epoch: int = 5):
         self.seed, self.batches_per_epoch = seed, batches_per_epoch
         self.epoch, self.position = 0, 0
+        self.batcher = ToyBatcher()
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
-    def __next__(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch, self.position])
+    def next_indices(self) -> np.ndarray:
+        indices = np.array([self.seed, self.epoch, self.position])
         self.position += 1
         if self.position == self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        return rng.normal(size=(4,)).astype(np.float32)
+        return indices
 
 
 @jax.jit
