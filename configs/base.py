@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
             estimator="second_order_fd",  # or second_order_exact, first_order
             fd_dropout="independent",  # second_order_fd: new dropout masks per pass (reference) or "shared"
             delta_gradient="resample",  # delta update from its own pass (reference) or "reuse" the virtual step's
+            second_order_every=1,  # k > 1: second-order hypergradient on every k-th step, first order between
             virtual_step="adam",  # or sgd (the paper's eq. 11)
             tau=1.0,
             gate_mode="global",  # or local, l0 (ablations)

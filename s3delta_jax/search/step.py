@@ -51,6 +51,10 @@ class SearchSettings:
         a fresh sample of the updated alpha) or 'reuse' (second-order estimators only: the virtual
         step's gradient, taken on the same D_delta batch under the pre-update sample, saves one of the
         step's forward+backward passes).
+      second_order_every: k >= 1; second-order estimators only: the second-order hypergradient on steps
+        0, k, 2k, ... and the first-order one (one pass instead of four) on the steps between; 1 (the
+        reference): every step. With k > 1 the delta gradient is resampled (there is no virtual step
+        to reuse on the first-order steps).
     """
 
     estimator: str = "second_order_fd"
@@ -61,6 +65,7 @@ class SearchSettings:
     clip_norm: float = 2.0
     fd_dropout: str = "independent"
     delta_gradient: str = "resample"
+    second_order_every: int = 1
 
     def __post_init__(self):
         hypergrad.check_estimator(self.estimator)
@@ -70,6 +75,12 @@ class SearchSettings:
         if self.delta_gradient == "reuse" and self.estimator == "first_order":
             raise ValueError("delta_gradient 'reuse' needs a second-order estimator (first_order takes no gradient "
                              "on the D_delta batch to reuse): use delta_gradient 'resample'")
+        if self.second_order_every < 1:
+            raise ValueError(f"second_order_every must be at least 1, got {self.second_order_every}")
+        if self.second_order_every > 1 and (self.estimator == "first_order" or self.delta_gradient == "reuse"):
+            raise ValueError("second_order_every > 1 alternates a second-order estimator with first order and "
+                             "resamples the delta gradient: use a second-order estimator and delta_gradient "
+                             "'resample', or second_order_every 1")
         if self.virtual_step not in hypergrad.VIRTUAL_STEPS:
             raise ValueError(
                 f"unknown virtual step {self.virtual_step!r}: use one of {', '.join(hypergrad.VIRTUAL_STEPS)}"
@@ -206,18 +217,30 @@ def make_search_step(
         virtual_step = hypergrad.make_virtual_step(
             settings.virtual_step, delta_optimizer, state.delta_opt_state, xi
         )
-        grad_alpha, aux = hypergrad.hypergradient(
-            objective,
-            state.weights,
-            state.alpha,
-            batch_delta,
-            batch_alpha,
-            jnp.stack(hyper_keys),
-            estimator=settings.estimator,
-            virtual_step=virtual_step,
-            xi=xi,
-            fd_dropout=settings.fd_dropout,
-        )
+
+        def alpha_hypergradient(estimator):
+            return hypergrad.hypergradient(
+                objective,
+                state.weights,
+                state.alpha,
+                batch_delta,
+                batch_alpha,
+                jnp.stack(hyper_keys),
+                estimator=estimator,
+                virtual_step=virtual_step,
+                xi=xi,
+                fd_dropout=settings.fd_dropout,
+            )
+
+        if settings.second_order_every == 1:
+            grad_alpha, aux = alpha_hypergradient(settings.estimator)
+        else:
+            # Only the taken branch runs; both return (grad_alpha, {"loss_alpha"}).
+            grad_alpha, aux = jax.lax.cond(
+                state.step % settings.second_order_every == 0,
+                lambda: _without_delta_gradient(alpha_hypergradient(settings.estimator)),
+                lambda: alpha_hypergradient("first_order"),
+            )
         if settings.gate_mode == "l0":
             grad_alpha = grad_alpha + settings.l0_weight * jax.grad(
                 lambda a: gates.l0_penalty(a, None, settings.tau, low=L0_STRETCH[0], high=L0_STRETCH[1])
@@ -256,6 +279,12 @@ def make_search_step(
         return new_state, metrics
 
     return step
+
+
+def _without_delta_gradient(hypergradient: tuple[jax.Array, dict[str, jax.Array]]):
+    """(grad_alpha, {"loss_alpha"}) of a second-order estimator's (grad_alpha, aux): first order's outputs."""
+    grad_alpha, aux = hypergradient
+    return grad_alpha, {"loss_alpha": aux["loss_alpha"]}
 
 
 def expected_probabilities(alpha: jax.Array, sizes: jax.Array, budget: float, settings: SearchSettings) -> jax.Array:

@@ -166,3 +166,32 @@ def test_reuse_changes_the_delta_update_only(setup):
                for a, b in zip(jax.tree.leaves(reused.delta), jax.tree.leaves(resampled.delta)))
     with pytest.raises(ValueError, match="delta_gradient 'reuse' needs a second-order estimator"):
         s3.SearchSettings(estimator="first_order", delta_gradient="reuse")
+
+
+def test_second_order_every_k_alternates_with_first_order(setup):
+    """second_order_every=2 takes the second-order step on steps 0 and 2 and the first-order step on
+    step 1: the same states (to float rounding: one program against two) as stepping the two
+    estimators' own searchers by hand, and different from second order on every step."""
+    params, candidates = setup
+
+    def searcher(estimator, every=1):
+        return s3.Searcher(MODEL.apply, candidates, loss_fn, budget=CONFIG.d_model, total_steps=100,
+                           settings=s3.SearchSettings(estimator=estimator, second_order_every=every),
+                           learning_rate=1e-2)
+
+    alternating, second, first = searcher("second_order_exact", every=2), searcher("second_order_exact"), \
+        searcher("first_order")
+    state = by_hand = always_second = alternating.init(jax.random.PRNGKey(0))
+    for i, step_by_hand in enumerate((second.step, first.step, second.step)):
+        inputs = (params, batch(2 * i), batch(2 * i + 1))
+        state, _ = alternating.step(state, *inputs)
+        by_hand, _ = step_by_hand(by_hand, *inputs)
+        always_second, _ = second.step(always_second, *inputs)
+        for a, b in zip(jax.tree.leaves((state.alpha, state.delta)), jax.tree.leaves((by_hand.alpha, by_hand.delta))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(state.alpha) - np.asarray(always_second.alpha)).max() > 1e-4
+    for settings, message in ((dict(estimator="first_order", second_order_every=2), "second-order estimator"),
+                              (dict(delta_gradient="reuse", second_order_every=2), "second-order estimator"),
+                              (dict(second_order_every=0), "at least 1")):
+        with pytest.raises(ValueError, match=message):
+            s3.SearchSettings(**settings)
