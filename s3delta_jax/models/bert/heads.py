@@ -18,6 +18,7 @@ import optax
 from s3delta_jax.data import Task
 from s3delta_jax.errors import UserError
 from s3delta_jax.models.backbone import ApplyFn, Batch, Params, TaskHead
+from s3delta_jax.models.dropout import Dropout
 
 POOLINGS = ("mean", "cls")
 
@@ -40,7 +41,7 @@ class PooledClassifier(nn.Module):
             pooled = (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
         else:
             pooled = hidden[:, 0]
-        pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+        pooled = Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
         return nn.Dense(self.num_outputs, name="classifier")(pooled.astype(jnp.float32))
 
 

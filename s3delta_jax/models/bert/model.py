@@ -13,7 +13,8 @@ Linear layers are plain `nn.Dense` and norms plain `nn.LayerNorm`, so delta modu
 positions by type. RoBERTa differs only in its position ids: padding_idx + 1 + the running count of
 non-pad tokens, and padding_idx itself at pad tokens (Hugging Face `create_position_ids_from_input_ids`).
 Every parameter carries t5x logical axis names. Dropout sits where Hugging Face puts it: after the
-embedding LayerNorm, on the attention probabilities, and on both dense outputs before the residual add.
+embedding LayerNorm, on the attention probabilities, and on both dense outputs before the residual add
+(hashed masks, models/dropout.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from s3delta_jax.errors import UserError
+from s3delta_jax.models.dropout import Dropout
 
 Array = jax.Array
 Dtype = Any
@@ -204,7 +206,7 @@ class BertEmbeddings(nn.Module):
         positions = _embed(c.max_position_embeddings, (None, "embed"), c, "position_embeddings")
         token_types = _embed(c.type_vocab_size, (None, "embed"), c, "token_type_embeddings")
         hidden = words(input_ids) + positions(position_ids(input_ids, c)) + token_types(token_type_ids)
-        hidden = nn.Dropout(c.hidden_dropout_prob)(_layer_norm(c)(hidden), deterministic=deterministic)
+        hidden = Dropout(c.hidden_dropout_prob)(_layer_norm(c)(hidden), deterministic=deterministic)
         return nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
 
 
@@ -227,7 +229,7 @@ class BertSelfAttention(nn.Module):
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) / math.sqrt(c.head_dim)
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
         return context.reshape(*hidden.shape[:2], c.hidden_size)
 
@@ -243,7 +245,7 @@ class BertResidualOutput(nn.Module):
         """hidden [B, L, H or I], residual [B, L, H] -> [B, L, H]."""
         c = self.config
         h = _dense(c.hidden_size, (self.in_axis, "embed"), c, "dense")(hidden)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         return _layer_norm(c)(h + residual)
 
 

@@ -19,7 +19,7 @@ Every parameter carries t5x logical axis names; key activations get logical cons
 
 Dropout sits exactly where Hugging Face puts it: on the embeddings, on the attention weights,
 on every sublayer output before the residual add, on the FFN hidden layer, and after the final
-layer norm of each stack.
+layer norm of each stack; its masks are hashed (models/dropout.py), not drawn with jax.random.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from jax import lax
 
 from s3delta_jax.deltas.positions import register_norm
 from s3delta_jax.errors import UserError
+from s3delta_jax.models.dropout import Dropout
 
 Array = jax.Array
 Dtype = Any
@@ -293,7 +294,7 @@ class T5Attention(nn.Module):
                     nn.initializers.normal(c.d_model**-0.5), ("relpos_buckets", "heads")
                 ),
             )
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = Dropout(c.dropout_rate)
 
     def compute_bias(self, query_length: int, decode: bool = False) -> Array:
         """Relative position bias [1, heads, query_length, key_length] for self-attention.
@@ -391,7 +392,7 @@ class T5DenseReluDense(nn.Module):
         else:
             self.wi = _dense(c.d_ff, ("embed", "mlp"), c.d_model**-0.5, c)
         self.wo = _dense(c.d_model, ("mlp", "embed"), c.d_ff**-0.5, c)
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = Dropout(c.dropout_rate)
 
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
         c = self.config
@@ -413,7 +414,7 @@ class T5LayerSelfAttention(nn.Module):
     def setup(self):
         self.layer_norm = _layer_norm(self.config)
         self.SelfAttention = T5Attention(self.config, self.has_relative_attention_bias, self.bidirectional)
-        self.dropout = nn.Dropout(self.config.dropout_rate)
+        self.dropout = Dropout(self.config.dropout_rate)
 
     def __call__(
         self, x: Array, mask: Array | None, position_bias: Array | None, deterministic: bool, decode: bool
@@ -435,7 +436,7 @@ class T5LayerCrossAttention(nn.Module):
     def setup(self):
         self.layer_norm = _layer_norm(self.config)
         self.EncDecAttention = T5Attention(self.config)
-        self.dropout = nn.Dropout(self.config.dropout_rate)
+        self.dropout = Dropout(self.config.dropout_rate)
 
     def __call__(
         self, x: Array, encoder_hidden_states: Array, encoder_mask: Array | None, deterministic: bool, decode: bool
@@ -454,7 +455,7 @@ class T5LayerFF(nn.Module):
     def setup(self):
         self.layer_norm = _layer_norm(self.config)
         self.DenseReluDense = T5DenseReluDense(self.config)
-        self.dropout = nn.Dropout(self.config.dropout_rate)
+        self.dropout = Dropout(self.config.dropout_rate)
 
     def __call__(self, x: Array, deterministic: bool) -> Array:
         y = self.DenseReluDense(self.layer_norm(x), deterministic=deterministic)
@@ -505,7 +506,7 @@ class T5Stack(nn.Module):
         depth = c.num_decoder_layers if self.is_decoder else c.num_layers
         self.block = [T5Block(c, self.is_decoder, has_relative_attention_bias=i == 0) for i in range(depth)]
         self.final_layer_norm = _layer_norm(c)
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.dropout = Dropout(c.dropout_rate)
 
     def __call__(
         self,
