@@ -11,15 +11,13 @@ only in the class the T5 modules build their dropout from (swapped before each i
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Sequence
 
 import flax.linen as nn
 
 import step_cost
 from step_cost_setup import PAPER_BUDGET, Case, build
-from step_cost_timing import Runner
+from step_cost_timing import Runner, measure_together
 
 import s3delta_jax.models.t5.model as t5_model
 from s3delta_jax.models.dropout import Dropout
@@ -40,20 +38,6 @@ def compile_variants(case: Case) -> dict[str, Runner]:
     return runners
 
 
-def time_round_robin(runners: dict[str, Runner], steps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, one call of each in turn (a load change hits all alike)."""
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner()
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(steps):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="t5-small", help="tiny or a T5 preset (random weights of its shape)")
@@ -70,15 +54,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                 budget=PAPER_BUDGET if args.model != "tiny" else None, steps=args.steps, warmup=args.warmup)
     print(f"== re-training step, {case.label}", flush=True)
     runners = compile_variants(case)
-    seconds = time_round_robin(runners, args.steps, args.warmup)
-    baseline = statistics.median(seconds[next(iter(VARIANTS))])
+    measured = measure_together(runners, args.steps, args.warmup)
+    baseline = measured[next(iter(VARIANTS))]["median_step_seconds"]
     results = {}
     for name, runner in runners.items():
-        median = statistics.median(seconds[name])
-        results[name] = {"median_step_seconds": median, "min_step_seconds": min(seconds[name]),
-                         "compile_seconds": runner.compile_info["compile_seconds"], "x_flax": median / baseline,
+        median, steps = measured[name]["median_step_seconds"], measured[name]["step_seconds"]
+        results[name] = {"median_step_seconds": median, "min_step_seconds": min(steps),
+                         "compile_seconds": measured[name]["compile_seconds"], "x_flax": median / baseline,
                          "loss": float(runner.output[1]["loss"])}
-        print(f"{name:30s} median {median:8.4f} s  min {min(seconds[name]):8.4f} s  "
+        print(f"{name:30s} median {median:8.4f} s  min {min(steps):8.4f} s  "
               f"compile {results[name]['compile_seconds']:6.1f} s  x flax {median / baseline:.3f}", flush=True)
     return results
 
