@@ -8,8 +8,8 @@ measures, in one process, the library's own steps:
   * the re-training step of a structure at the budget (a greedy selection from random p over the
     search space, so a mix of module types spread over the model): `Retrainer.step`;
   * the search step over the whole space with each estimator (first_order, second_order_fd,
-    second_order_exact; '+reuse' for delta_gradient='reuse'): `Searcher.step`, one D_delta and one
-    D_alpha batch of the same size, reference settings;
+    second_order_exact; '+reuse' for delta_gradient='reuse', '+shared' for hessian_dropout='shared'):
+    `Searcher.step`, one D_delta and one D_alpha batch of the same size, reference settings;
 on a `T5Backbone` with the loss of its task head (`Seq2SeqHead.loss`), and for each: the median
 step time after warm-up, the compile time (trace + lower + XLA compile), XLA's compiled memory
 analysis (argument/output/temp/alias bytes, on every backend) and the device's peak memory where
@@ -69,6 +69,10 @@ PASSES_PER_STEP = {
                           "jvp over delta of grad alpha; grad delta)",
     "second_order_exact+reuse": "2 fwd+bwd + 1 jvp of grad (grad delta, reused for the update; grad delta', "
                                 "alpha on b_alpha; jvp over delta of grad alpha)",
+    "second_order_exact+shared": "3 fwd+bwd + 1 tangent pass (grad delta, linearized; grad delta', alpha on b_alpha; "
+                                 "the linearization's tangent along v; grad delta)",
+    "second_order_exact+shared+reuse": "2 fwd+bwd + 1 tangent pass (grad delta, linearized and reused for the "
+                                       "update; grad delta', alpha on b_alpha; the linearization's tangent along v)",
 }
 ZETA_SOLVES_PER_STEP = 2  # one for the shared sample, one for the re-sample after the alpha update
 ZETA_BATCH = 32  # solves per timed call, so call overhead is not counted as solve time
@@ -253,7 +257,7 @@ def measure_case(case: Case, compile_only: bool = False, authors_checkout: str |
                "passes_per_step": PASSES_PER_STEP["retrain"]}
     search = {
         name: {**result, "passes_per_step": PASSES_PER_STEP[name], "delta_gradient": SEARCHES[name].delta_gradient,
-               **ratios(result, retrain)}
+               "hessian_dropout": SEARCHES[name].hessian_dropout, **ratios(result, retrain)}
         for name, result in measured.items()
     }
     output = {
@@ -345,7 +349,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout-rate", type=float, help="default 0.1, as in the reference")
     parser.add_argument("--space", help="search space preset (default s3pet_mix)")
     parser.add_argument("--estimators", help=f"comma-separated search steps, of {', '.join(SEARCHES)} ('+reuse': "
-                        f"delta_gradient='reuse', the virtual step's gradient updates delta); default: the "
+                        f"delta_gradient='reuse', the virtual step's gradient updates delta; '+shared': "
+                        f"hessian_dropout='shared', the exact Hessian term linearized with that gradient); default: the "
                         f"preset's ({', '.join(ESTIMATORS)} unless it says otherwise)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
                         help="time the pieces of the steps (default: the preset's choice)")

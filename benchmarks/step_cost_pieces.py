@@ -11,6 +11,9 @@ on one batch, with every candidate gated by one fixed Binary Concrete sample as 
   hvp_grad_of_jvp         the same term the other way round: grad over alpha of the jvp over delta
   hvp_fd_two_passes       second_order_fd's Hessian term: grad_alpha at delta + eps v and delta - eps v
   hvp_fd_vmapped          the same two passes batched with jax.vmap (same keys, same math)
+  grad_delta_and_hvp_linearized
+                          hessian_dropout='shared': grad_delta and the exact Hessian term from one
+                          jax.linearize (its primal pass, then its tangent pass)
   retrain_forward/_grad   the re-training structure's loss and d loss / d delta
 
 The Hessian terms are the library's own `hypergrad.mixed_hvp_exact` and
@@ -42,6 +45,9 @@ STEP_AS_PIECES = {
     # delta_gradient='reuse': the update reuses the first grad_delta.
     "second_order_fd+reuse": ("grad_delta", "grad_delta_and_alpha", "hvp_fd_two_passes"),
     "second_order_exact+reuse": ("grad_delta", "grad_delta_and_alpha", "hvp_jvp"),
+    # hessian_dropout='shared': the first grad_delta and the Hessian term are one linearisation.
+    "second_order_exact+shared": ("grad_delta_and_hvp_linearized", "grad_delta_and_alpha", "grad_delta"),
+    "second_order_exact+shared+reuse": ("grad_delta_and_hvp_linearized", "grad_delta_and_alpha"),
 }
 
 
@@ -87,6 +93,11 @@ def search_pieces(setup: Setup) -> dict[str, Callable]:
             params, pair, alpha, noise, batch, jax.random.split(key))
         return (grads[0] - grads[1]) / (2.0 * epsilon)
 
+    def grad_delta_and_hvp_linearized(params, delta, alpha, noise, batch, key, v):
+        _, grad_delta, linearized_hvp = hypergrad.gradient_and_mixed_hvp(objective(params, noise), delta, alpha,
+                                                                          batch, key)
+        return grad_delta, linearized_hvp(v)
+
     def ignoring_v(fn: Callable) -> Callable:
         return lambda params, delta, alpha, noise, batch, key, v: fn(params, delta, alpha, noise, batch, key)
 
@@ -99,6 +110,7 @@ def search_pieces(setup: Setup) -> dict[str, Callable]:
         "hvp_grad_of_jvp": hvp_grad_of_jvp,
         "hvp_fd_two_passes": hvp_fd_two_passes,
         "hvp_fd_vmapped": hvp_fd_vmapped,
+        "grad_delta_and_hvp_linearized": grad_delta_and_hvp_linearized,
     }
 
 
@@ -117,7 +129,8 @@ def profile_pieces(setup: Setup, seed: int = 4) -> dict[str, Any]:
       buffers; None where the backend gives no analysis); step_as_pieces; sum_of_pieces_seconds {step: s};
       hvp_fd_vmapped_over_two_passes (time ratio); hvp_fd_vmapped_max_abs_difference and
       hvp_fd_max_abs (the two HVPs agree to float rounding: same keys, same math); the same for
-      hvp_grad_of_jvp against hvp_jvp (exact, so they agree to float rounding).
+      hvp_grad_of_jvp against hvp_jvp (exact, so they agree to float rounding), and of the
+      linearised term against hvp_jvp (same key: they agree to float rounding).
     """
     keys = jax.random.split(jax.random.PRNGKey(seed), 5)
     n = len(setup.candidates)
@@ -148,4 +161,6 @@ def profile_pieces(setup: Setup, seed: int = 4) -> dict[str, Any]:
         "hvp_grad_of_jvp_over_jvp": seconds["hvp_grad_of_jvp"] / seconds["hvp_jvp"],
         "hvp_grad_of_jvp_max_abs_difference": float(np.abs(hvps["hvp_grad_of_jvp"] - hvps["hvp_jvp"]).max()),
         "hvp_exact_max_abs": float(np.abs(hvps["hvp_jvp"]).max()),
+        "hvp_linearized_max_abs_difference": float(
+            np.abs(np.asarray(runners["grad_delta_and_hvp_linearized"].output[1]) - hvps["hvp_jvp"]).max()),
     }

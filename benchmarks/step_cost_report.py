@@ -41,7 +41,7 @@ def format_case(result: dict[str, Any]) -> str:
         (f"== {result['label']}: {model['candidates']} candidates ({model['space']}), "
          f"budget {model['budget_params']} params, "
          f"structure {retrain['modules']} modules / {retrain['trainable_params']} params"),
-        (f"{'step':<32}{'median ms':>10}{'compile s':>10}{'XLA MiB':>9}{'temp MiB':>9}{'peak MiB':>9}"
+        (f"{'step':<40}{'median ms':>10}{'compile s':>10}{'XLA MiB':>9}{'temp MiB':>9}{'peak MiB':>9}"
          f"{'time x':>8}{'compile x':>10}{'mem x':>7}{'temp x':>8}{'zeta %':>8}"),
     ]
     mib = 1 / 2**20
@@ -50,7 +50,7 @@ def format_case(result: dict[str, Any]) -> str:
         """mem x: the measured memory ratio, or the compiled one where the steps did not run."""
         memory = m["compiled_memory"] or {}
         memory_ratio = m.get("search_over_retrain_memory", m.get("search_over_retrain_compiled_memory"))
-        return (f"{name:<32}{_cell(m.get('median_step_seconds'), '.1f', 1e3):>10}"
+        return (f"{name:<40}{_cell(m.get('median_step_seconds'), '.1f', 1e3):>10}"
                 f"{_cell(m['compile_seconds'], '.1f'):>10}"
                 f"{_cell(memory.get('total'), '.1f', mib):>9}{_cell(memory.get('temp'), '.1f', mib):>9}"
                 f"{_cell(m.get('device_peak_bytes'), '.1f', mib):>9}"
@@ -74,6 +74,8 @@ def format_case(result: dict[str, Any]) -> str:
             f"{k} {1e3 * v:.1f}" for k, v in profile["sum_of_pieces_seconds"].items()))
         lines.append(f"finite-difference pair batched with vmap / as two passes: "
                      f"{profile['hvp_fd_vmapped_over_two_passes']:.2f}")
+        lines.append(f"exact Hessian term linearized with grad_delta against the jvp: max |difference| "
+                     f"{profile['hvp_linearized_max_abs_difference']:.2e} (largest entry {profile['hvp_exact_max_abs']:.2e})")
     peer = result.get("peer")
     if peer is not None and "skipped" in peer:
         lines.append(f"PEFT peer skipped: {peer['skipped']}")

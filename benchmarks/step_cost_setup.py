@@ -30,7 +30,8 @@ PAPER_BUDGET = 1.389e-4
 DEFAULT_BUDGET = {"tiny": 0.015}
 # The task whose head gives the loss (the paper's MRPC); the loss reads only the batch, not the task.
 TASK = "mrpc"
-# The search steps that can be measured, by name: an estimator, '+reuse' for delta_gradient='reuse'.
+# The search steps that can be measured, by name: an estimator, '+shared' for hessian_dropout='shared',
+# '+reuse' for delta_gradient='reuse'.
 # Listed (and measured) smallest expected memory first, so that on a GPU the process's running peak
 # after each step is that step's own peak.
 SEARCHES: dict[str, SearchSettings] = {
@@ -39,6 +40,9 @@ SEARCHES: dict[str, SearchSettings] = {
     "second_order_fd": SearchSettings(estimator="second_order_fd"),
     "second_order_exact+reuse": SearchSettings(estimator="second_order_exact", delta_gradient="reuse"),
     "second_order_exact": SearchSettings(estimator="second_order_exact"),
+    "second_order_exact+shared+reuse": SearchSettings(estimator="second_order_exact", hessian_dropout="shared",
+                                                      delta_gradient="reuse"),
+    "second_order_exact+shared": SearchSettings(estimator="second_order_exact", hessian_dropout="shared"),
 }
 ESTIMATORS = ("first_order", "second_order_fd", "second_order_exact")
 

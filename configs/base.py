@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
             budget=1.389e-4,  # < 1: a ratio of the backbone parameter count; >= 1: an absolute count
             estimator="second_order_fd",  # or second_order_exact, first_order
             fd_dropout="independent",  # second_order_fd: new dropout masks per pass (reference) or "shared"
+            hessian_dropout="independent",  # second_order_exact: "shared" = the virtual step's mask, one pass fewer
             delta_gradient="resample",  # delta update from its own pass (reference) or "reuse" the virtual step's
             second_order_every=1,  # k > 1: second-order hypergradient on every k-th step, first order between
             virtual_step="adam",  # or sgd (the paper's eq. 11)

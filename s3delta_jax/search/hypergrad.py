@@ -15,7 +15,11 @@ with v = grad_delta' L(b_alpha; delta', alpha). The estimators differ only in ho
     reference draws a new dropout mask in each of its two passes (``fd_dropout="independent"``); their
     gradients then differ by O(1) before the 1 / (2 eps), so with dropout on the term is mostly noise.
     ``fd_dropout="shared"`` gives both passes the same mask, as a finite difference wants.
-  * ``second_order_exact``: forward-over-reverse, `jax.jvp` of `jax.grad` in the direction v.
+  * ``second_order_exact``: forward-over-reverse, `jax.jvp` of `jax.grad` in the direction v. Like
+    the reference's passes it draws its own dropout mask (``hessian_dropout="independent"``). Both
+    it and the virtual step's gradient are taken at delta on b_delta, so with one mask
+    (``hessian_dropout="shared"``) a single `jax.linearize` gives both: the gradient pass's forward
+    and backward are not recomputed for the Hessian term, which costs only its tangent pass.
   * ``first_order``: xi = 0 and no virtual step (DARTS first order): dF/dalpha = grad_alpha L(b_alpha; delta, alpha).
 
 The reference scales `H v` by the SGD learning rate xi even when its virtual step is Adam; we do the same.
@@ -37,6 +41,7 @@ VirtualStep = Callable[[Any, Any], Any]
 ESTIMATORS = ("second_order_fd", "second_order_exact", "first_order")
 VIRTUAL_STEPS = ("adam", "sgd")
 FD_DROPOUT = ("independent", "shared")
+HESSIAN_DROPOUT = ("independent", "shared")
 FD_EPSILON_NUMERATOR = 0.01
 
 
@@ -50,6 +55,16 @@ def check_fd_dropout(name: str) -> None:
     """Raises ValueError for an unknown dropout policy of the finite-difference passes."""
     if name not in FD_DROPOUT:
         raise ValueError(f"unknown fd_dropout {name!r}: use one of {', '.join(FD_DROPOUT)}")
+
+
+def check_hessian_dropout(name: str, estimator: str) -> None:
+    """Raises ValueError for an unknown dropout policy of the exact Hessian term, or 'shared' with
+    another estimator (the finite difference's passes are not at delta: see fd_dropout)."""
+    if name not in HESSIAN_DROPOUT:
+        raise ValueError(f"unknown hessian_dropout {name!r}: use one of {', '.join(HESSIAN_DROPOUT)}")
+    if name == "shared" and estimator != "second_order_exact":
+        raise ValueError(f"hessian_dropout 'shared' needs the estimator second_order_exact, not {estimator!r} "
+                         "(second_order_fd's two passes share a mask with fd_dropout 'shared')")
 
 
 def sgd_virtual_step(xi: jax.Array) -> VirtualStep:
@@ -83,6 +98,7 @@ def hypergradient(
     virtual_step: VirtualStep,
     xi: jax.Array,
     fd_dropout: str = "independent",
+    hessian_dropout: str = "independent",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Gradient of the one-step-unrolled validation loss with respect to alpha.
 
@@ -97,6 +113,8 @@ def hypergradient(
       xi: scale of the Hessian term (the current delta learning rate).
       fd_dropout: ``second_order_fd`` only: 'independent' (reference: keys 2 and 3 for the two passes)
         or 'shared' (key 2 for both, the key ``second_order_exact`` uses for its Hessian term).
+      hessian_dropout: ``second_order_exact`` only: 'independent' (the Hessian term under key 2) or
+        'shared' (under key 0, the virtual step's gradient pass; both from one `jax.linearize`).
 
     Returns:
       (grad_alpha f32[N], aux) with aux = {'loss_alpha': L(b_alpha; delta', alpha)}; the second-order
@@ -105,16 +123,23 @@ def hypergradient(
     """
     check_estimator(estimator)
     check_fd_dropout(fd_dropout)
+    check_hessian_dropout(hessian_dropout, estimator)
     if estimator == "first_order":
         loss, grad_alpha = jax.value_and_grad(objective, argnums=1)(delta, alpha, batch_alpha, dropout_keys[0])
         return grad_alpha, {"loss_alpha": loss}
 
-    loss_delta, grad_delta = jax.value_and_grad(objective)(delta, alpha, batch_delta, dropout_keys[0])
+    if hessian_dropout == "shared":
+        loss_delta, grad_delta, linearized_hvp = gradient_and_mixed_hvp(
+            objective, delta, alpha, batch_delta, dropout_keys[0])
+    else:
+        loss_delta, grad_delta = jax.value_and_grad(objective)(delta, alpha, batch_delta, dropout_keys[0])
     delta_virtual = virtual_step(delta, grad_delta)
     loss, (v, grad_alpha_direct) = jax.value_and_grad(objective, argnums=(0, 1))(
         delta_virtual, alpha, batch_alpha, dropout_keys[1]
     )
-    if estimator == "second_order_exact":
+    if hessian_dropout == "shared":
+        hvp = linearized_hvp(v)
+    elif estimator == "second_order_exact":
         hvp = mixed_hvp_exact(objective, delta, alpha, batch_delta, dropout_keys[2], v)
     else:
         fd_keys = dropout_keys[2:4] if fd_dropout == "independent" else dropout_keys[jnp.array([2, 2])]
@@ -130,6 +155,24 @@ def mixed_hvp_exact(objective: Objective, delta, alpha, batch, key, v) -> jax.Ar
     """d^2 L / (d alpha d delta) . v, exactly: jvp over delta of grad_alpha."""
     _, hvp = jax.jvp(lambda d: _grad_alpha(objective, d, alpha, batch, key), (delta,), (v,))
     return hvp
+
+
+def gradient_and_mixed_hvp(
+    objective: Objective, delta, alpha, batch, key
+) -> tuple[jax.Array, Any, Callable[[Any], jax.Array]]:
+    """(L, grad_delta L, v -> d^2 L / (d alpha d delta) . v) at delta, from one `jax.linearize`.
+
+    The gradient pass is the linearisation's primal, so the Hessian term later costs only the tangent
+    pass (no second forward and backward), at the price of keeping the linearisation's residuals
+    alive until it is applied. Both see the dropout mask of `key`.
+    """
+
+    def loss_and_gradients(d):
+        loss, (grad_delta, grad_alpha) = jax.value_and_grad(objective, argnums=(0, 1))(d, alpha, batch, key)
+        return loss, grad_delta, grad_alpha
+
+    (loss, grad_delta, _), tangents = jax.linearize(loss_and_gradients, delta)
+    return loss, grad_delta, lambda v: tangents(v)[2]
 
 
 def finite_difference_points(delta: Any, v: Any) -> tuple[jax.Array, Any, Any]:

@@ -47,6 +47,9 @@ class SearchSettings:
       clip_norm: global-norm clipping of the alpha and the delta gradients, separately.
       fd_dropout: 'independent' (reference) or 'shared' dropout masks in the two finite-difference
         passes of 'second_order_fd' (see hypergrad).
+      hessian_dropout: 'independent' (reference: the Hessian term of 'second_order_exact' under its own
+        dropout mask) or 'shared' ('second_order_exact' only: under the virtual step's gradient pass's
+        mask, both from one jax.linearize, which saves that term a forward and backward pass).
       delta_gradient: 'resample' (reference: the delta update's gradient comes from its own pass, under
         a fresh sample of the updated alpha) or 'reuse' (second-order estimators only: the virtual
         step's gradient, taken on the same D_delta batch under the pre-update sample, saves one of the
@@ -64,12 +67,14 @@ class SearchSettings:
     l0_weight: float = 0.0
     clip_norm: float = 2.0
     fd_dropout: str = "independent"
+    hessian_dropout: str = "independent"
     delta_gradient: str = "resample"
     second_order_every: int = 1
 
     def __post_init__(self):
         hypergrad.check_estimator(self.estimator)
         hypergrad.check_fd_dropout(self.fd_dropout)
+        hypergrad.check_hessian_dropout(self.hessian_dropout, self.estimator)
         if self.delta_gradient not in DELTA_GRADIENTS:
             raise ValueError(f"unknown delta_gradient {self.delta_gradient!r}: use one of {', '.join(DELTA_GRADIENTS)}")
         if self.delta_gradient == "reuse" and self.estimator == "first_order":
@@ -230,6 +235,8 @@ def make_search_step(
                 virtual_step=virtual_step,
                 xi=xi,
                 fd_dropout=settings.fd_dropout,
+                # second_order_every's first-order steps have no Hessian term
+                hessian_dropout=settings.hessian_dropout if estimator == "second_order_exact" else "independent",
             )
 
         if settings.second_order_every == 1:

@@ -168,6 +168,7 @@ FIELD_RULES: dict[str, Rule] = {
     "search.budget": budget,
     "search.estimator": choice("s3delta_jax.search.hypergrad:ESTIMATORS"),
     "search.fd_dropout": choice("s3delta_jax.search.hypergrad:FD_DROPOUT"),
+    "search.hessian_dropout": choice("s3delta_jax.search.hypergrad:HESSIAN_DROPOUT"),
     "search.delta_gradient": choice("s3delta_jax.search.step:DELTA_GRADIENTS"),
     "search.second_order_every": integer(minimum=1),
     "search.virtual_step": choice("s3delta_jax.search.hypergrad:VIRTUAL_STEPS"),

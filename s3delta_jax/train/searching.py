@@ -42,7 +42,8 @@ def search_settings(search_config: ml_collections.ConfigDict) -> SearchSettings:
     return SearchSettings(
         estimator=search_config.estimator, virtual_step=search_config.virtual_step, tau=search_config.tau,
         gate_mode=search_config.gate_mode, l0_weight=search_config.l0_weight, clip_norm=search_config.clip_norm,
-        fd_dropout=search_config.fd_dropout, delta_gradient=search_config.delta_gradient,
+        fd_dropout=search_config.fd_dropout, hessian_dropout=search_config.hessian_dropout,
+        delta_gradient=search_config.delta_gradient,
         second_order_every=search_config.second_order_every,
     )
 

@@ -155,3 +155,66 @@ def test_second_order_reports_the_virtual_steps_loss_and_gradient(estimator):
     np.testing.assert_allclose(float(aux["loss_delta"]), float(loss), rtol=1e-6)
     for name in delta:
         np.testing.assert_allclose(np.asarray(aux["grad_delta"][name]), np.asarray(grad[name]), rtol=1e-5, atol=1e-7)
+
+
+def unrolled_hypergradient_under_masks(delta, alpha, batch_delta, batch_alpha, xi, keys):
+    """`unrolled_hypergradient` of `objective_with_dropout`: the inner gradient under keys[0], the
+    outer loss under keys[1] (the masks of the virtual step's pass and of the b_alpha pass)."""
+
+    def unrolled(a):
+        g = jax.grad(objective_with_dropout)(delta, a, batch_delta, keys[0])
+        delta_virtual = jax.tree.map(lambda d, gi: d - xi * gi, delta, g)
+        return objective_with_dropout(delta_virtual, a, batch_alpha, keys[1])
+
+    return jax.grad(unrolled)(alpha)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shared_hessian_dropout_is_the_unroll_under_the_virtual_steps_mask(seed):
+    """With hessian_dropout='shared' the exact estimator differentiates the unroll in which the
+    Hessian term sees the virtual step's own dropout mask; the reference's own mask for the term
+    ('independent') gives another hypergradient."""
+    delta, alpha, batch_delta, batch_alpha = make_problem(seed)
+    xi = jnp.float32(0.05)
+    expected = unrolled_hypergradient_under_masks(delta, alpha, batch_delta, batch_alpha, xi, KEYS)
+
+    def estimate(hessian_dropout):
+        return jax.jit(lambda d, a: hypergrad.hypergradient(
+            objective_with_dropout, d, a, batch_delta, batch_alpha, KEYS, estimator="second_order_exact",
+            virtual_step=hypergrad.sgd_virtual_step(xi), xi=xi, hessian_dropout=hessian_dropout,
+        ))(delta, alpha)
+
+    shared, shared_aux = estimate("shared")
+    independent, independent_aux = estimate("independent")
+    scale = float(jnp.max(jnp.abs(expected)))
+    assert float(jnp.max(jnp.abs(shared - expected))) <= 1e-5 * scale
+    assert float(jnp.max(jnp.abs(independent - expected))) > 1e-3 * scale
+    # The virtual step's loss and gradient are the same pass either way.
+    assert float(shared_aux["loss_delta"]) == pytest.approx(float(independent_aux["loss_delta"]), rel=1e-6)
+    for got, want in zip(jax.tree.leaves(shared_aux["grad_delta"]), jax.tree.leaves(independent_aux["grad_delta"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_shared_hessian_dropout_without_dropout_is_the_exact_estimator():
+    delta, alpha, batch_delta, batch_alpha = make_problem(5)
+    xi = jnp.float32(0.05)
+
+    def estimate(hessian_dropout):
+        return hypergrad.hypergradient(
+            objective, delta, alpha, batch_delta, batch_alpha, KEYS, estimator="second_order_exact",
+            virtual_step=hypergrad.sgd_virtual_step(xi), xi=xi, hessian_dropout=hessian_dropout,
+        )[0]
+
+    expected = unrolled_hypergradient(delta, alpha, batch_delta, batch_alpha, xi)
+    np.testing.assert_allclose(np.asarray(estimate("shared")), np.asarray(expected), rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(expected))))
+
+
+@pytest.mark.parametrize("name,estimator,message", [
+    ("same", "second_order_exact", "unknown hessian_dropout 'same'.*independent, shared"),
+    ("shared", "second_order_fd", "hessian_dropout 'shared' needs the estimator second_order_exact.*fd_dropout"),
+    ("shared", "first_order", "hessian_dropout 'shared' needs the estimator second_order_exact"),
+])
+def test_bad_hessian_dropout_is_a_clear_error(name, estimator, message):
+    with pytest.raises(ValueError, match=message):
+        hypergrad.check_hessian_dropout(name, estimator)

@@ -135,6 +135,7 @@ def test_structures_from_another_backbone_and_empty_ones_are_refused(smoke_searc
     (["--config.search.no_such_field=1"], "no_such_field"),
     (["--config.search.budget=1"], "budget"),
     (["--config.search.fd_dropout=same"], "fd_dropout"),
+    (["--config.search.hessian_dropout=shared"], "hessian_dropout 'shared' needs the estimator second_order_exact"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, subprocess_env, extra, message):
     done = run(command("run_search.py", "configs/mrpc.py:smoke", tmp_path, *extra), subprocess_env)
