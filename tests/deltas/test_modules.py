@@ -67,13 +67,15 @@ SMALL_BLOCK = Position(("blk",), "block", 64, 64, "Blk")
         ("parallel_adapter", SMALL_LINEAR, {"bottleneck": 3}),
     ],
 )
-def test_contributions_against_numpy(name, position, kwargs):
+@pytest.mark.parametrize("leading", [(2, 3), (5,), (2, 2, 3)])  # [batch, length], [tokens], [batch, heads, length]
+def test_contributions_against_numpy(name, position, kwargs, leading):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(2, 3, position.in_features)).astype(np.float32)
-    y = rng.normal(size=(2, 3, position.out_features)).astype(np.float32)
+    x = rng.normal(size=(*leading, position.in_features)).astype(np.float32)
+    y = rng.normal(size=(*leading, position.out_features)).astype(np.float32)
     shapes = jax.eval_shape(lambda: get_delta_type(name).init(jax.random.key(0), position, **kwargs))
     params = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in shapes.items()}
     got = get_delta_type(name).apply(params, x, y, position, **kwargs)
+    assert got.shape == y.shape
     np.testing.assert_allclose(got, contribution(name, params, x, y, kwargs), rtol=1e-4, atol=1e-4)
 
 

@@ -209,7 +209,7 @@ def test_shared_hessian_dropout_changes_the_step_only_through_the_mask(setup, dr
 
     def run(hessian_dropout, every=1, steps=2):
         """alpha after `steps` steps, and the first step's hypergradient norm (Adam's first alpha step
-        is +-lr whatever the gradient)."""
+        is +-lr whatever the gradient). Learning rate 0.5: a large xi, so the Hessian term shows."""
         searcher = s3.Searcher(model.apply, candidates, loss_fn, budget=CONFIG.d_model, total_steps=100,
                                settings=s3.SearchSettings(estimator="second_order_exact", hessian_dropout=hessian_dropout,
                                                           second_order_every=every), learning_rate=0.5)
