@@ -243,7 +243,8 @@ def measure_case(case: Case, compile_only: bool = False, authors_checkout: str |
     log(f"{case.label}: {len(setup.candidates)} candidates, budget {setup.budget}, "
         f"structure of {len(setup.structure)} modules")
     log("  compiling the re-training step and the search steps")
-    runners = {"retrain": retrain_runner(setup, setup.structure)}
+    runners = {"retrain": retrain_runner(setup, setup.structure),
+               "retrain_full_depth": retrain_runner(setup, setup.full_depth_structure)}
     for search in case.searches:
         runners[search] = search_runner(setup, search)
         log(f"  compiled {search} in {runners[search].compile_info['compile_seconds']:.1f} s")
@@ -255,9 +256,14 @@ def measure_case(case: Case, compile_only: bool = False, authors_checkout: str |
     retrain = {**measured.pop("retrain"), "modules": len(setup.structure),
                "trainable_params": int(sum(c.size for c in setup.structure)),
                "passes_per_step": PASSES_PER_STEP["retrain"]}
+    full_depth = {**measured.pop("retrain_full_depth"), "candidate": setup.full_depth_structure[0].name,
+                  "trainable_params": int(setup.full_depth_structure[0].size),
+                  "passes_per_step": PASSES_PER_STEP["retrain"]}
     search = {
         name: {**result, "passes_per_step": PASSES_PER_STEP[name], "delta_gradient": SEARCHES[name].delta_gradient,
-               "hessian_dropout": SEARCHES[name].hessian_dropout, **ratios(result, retrain)}
+               "hessian_dropout": SEARCHES[name].hessian_dropout, **ratios(result, retrain),
+               **({"search_over_full_depth_retrain_time": result["median_step_seconds"] / full_depth["median_step_seconds"]}
+                  if "median_step_seconds" in result else {})}
         for name, result in measured.items()
     }
     output = {
@@ -272,6 +278,7 @@ def measure_case(case: Case, compile_only: bool = False, authors_checkout: str |
             "budget_params": setup.budget,
         },
         "retrain": retrain,
+        "retrain_full_depth": full_depth,
         "search": search,
     }
     if compile_only:

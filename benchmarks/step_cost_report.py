@@ -62,6 +62,11 @@ def format_case(result: dict[str, Any]) -> str:
 
     lines.append(row("re-train (structure)", retrain))
     lines.extend(row(f"search {name}", m) for name, m in result["search"].items())
+    full_depth = result["retrain_full_depth"]
+    lines.append(f"re-train (one module, full depth: {full_depth['candidate']}): "
+                 f"{_cell(full_depth.get('median_step_seconds'), '.1f', 1e3)} ms, compile {full_depth['compile_seconds']:.1f} s"
+                 + "".join(f"; {name} {m['search_over_full_depth_retrain_time']:.2f}x it"
+                           for name, m in result["search"].items() if "search_over_full_depth_retrain_time" in m))
     if result["compile_only"]:
         lines.append(f"Memory: {result['memory_note']}")
         return "\n".join(lines)

@@ -150,6 +150,17 @@ class Setup:
     batch_alpha: dict[str, jax.Array]
 
     @property
+    def full_depth_structure(self) -> list[Candidate]:
+        """The smallest candidate at the first position the forward pass reaches (the first encoder
+        block's first norm in T5's spaces): re-training it runs the backward through the whole model,
+        as every search pass does, whereas `structure`'s backward stops at its lowest module."""
+        for position in self.positions:
+            here = [c for c in self.candidates if c.position == position]
+            if here:
+                return [min(here, key=lambda c: c.size)]
+        raise ValueError("the search space has no candidate")
+
+    @property
     def model_apply(self):
         return self.backbone.module.apply
 

@@ -92,6 +92,17 @@ def test_ratios_are_positive_finite_and_computed_from_the_medians(result):
         assert measured["search_over_retrain_compiled_memory"] > 1.0
 
 
+def test_full_depth_retraining_is_the_first_positions_smallest_candidate_and_its_ratio(result):
+    """The encoder runs first, so of SPACE's candidates the encoder's final norm is the first reached."""
+    full_depth = result["retrain_full_depth"]
+    assert full_depth["candidate"] == "encoder/final_layer_norm:bitfit" and full_depth["trainable_params"] == 64
+    assert positive_finite(full_depth["median_step_seconds"])
+    for estimator, measured in result["search"].items():
+        assert measured["search_over_full_depth_retrain_time"] == pytest.approx(
+            measured["median_step_seconds"] / full_depth["median_step_seconds"]), estimator
+    assert "full depth: encoder/final_layer_norm:bitfit" in step_cost.format_case(result)
+
+
 def test_structure_fits_the_budget(result):
     model, retrain = result["model"], result["retrain"]
     assert model["budget_params"] == TINIEST.budget
