@@ -10,6 +10,7 @@
 from s3delta_jax.deltas.budget import BudgetError, budget_params
 from s3delta_jax.deltas.inject import InjectionError, candidate_params, delta_param_count, init_delta, with_deltas
 from s3delta_jax.deltas.merge import merge_deltas
+from s3delta_jax.deltas.scan import ScanError, ScannedLayers, stack_layers, unstack_layers
 from s3delta_jax.deltas.modules import (
     DELTA_TYPES,
     DeltaType,
@@ -57,13 +58,13 @@ from s3delta_jax.deltas.structure import (
 __all__ = [
     "DELTA_TYPES",
     "BudgetError", "Candidate", "DeltaType", "DeltaTypeError", "Expansion", "InjectionError", "NormSpec",
-    "Position", "PositionError", "Rule", "RuleMatch", "Space", "SpaceError", "Structure", "StructureEntry",
-    "StructureError",
+    "Position", "PositionError", "Rule", "RuleMatch", "ScanError", "ScannedLayers", "Space", "SpaceError",
+    "Structure", "StructureEntry", "StructureError",
     "budget_params", "candidate_params",
     "delta_param_count", "delta_type_for_reference", "discover_positions", "expand", "get_delta_type",
     "hf_module_name", "init_delta", "load_reference_structure", "load_structure",
     "make_candidate", "merge_deltas", "position_table", "register_delta_type", "register_norm",
     "save_reference_structure", "save_structure", "candidates_from_mask", "structure_from_candidates",
-    "structure_from_json", "structure_from_reference", "structure_to_json", "structure_to_reference",
-    "type_breakdown", "with_deltas",
+    "stack_layers", "structure_from_json", "structure_from_reference", "structure_to_json",
+    "structure_to_reference", "type_breakdown", "unstack_layers", "with_deltas",
 ]

@@ -13,20 +13,32 @@ not the [batch, length, out] contribution, so gating adds no activation-sized wo
 
 The delta pytree nests each candidate's parameters by its position's path, then its key:
 ``delta['encoder']['block_0']['layer_0']['SelfAttention']['q']['lora'] == {'A': ..., 'B': ...}``.
+While the model runs, the parameters (and the gates) reach each module as variable collections
+nested the same way, read from the module's scope; so a model that runs its layers under
+``nn.scan`` hands every layer its own slice of them (``deltas/scan.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from s3delta_jax.deltas.modules import get_delta_type
 from s3delta_jax.deltas.positions import CALL, first_input
+from s3delta_jax.deltas.scan import ScanError, ScannedLayers
 from s3delta_jax.deltas.spaces import Candidate
 from s3delta_jax.errors import UserError
+
+
+# The variable collections through which with_deltas hands each module its deltas and gates.
+DELTA_COLLECTION = "delta"
+GATE_COLLECTION = "delta_gates"
 
 
 class InjectionError(UserError, ValueError):
@@ -61,21 +73,78 @@ def delta_param_count(delta: Any) -> int:
 
 def candidate_params(delta: Mapping[str, Any], candidate: Candidate) -> dict[str, jax.Array]:
     """The parameters of one candidate inside a delta pytree."""
+    return _params_at(delta, (*candidate.position.tree_path, candidate.key), candidate)
+
+
+def _params_at(delta: Mapping[str, Any], path: Sequence[str], candidate: Candidate) -> Any:
     node: Any = delta
-    for part in (*candidate.position.tree_path, candidate.key):
+    for part in path:
         if not isinstance(node, Mapping) or part not in node:
             raise InjectionError(f"the delta pytree has no parameters for candidate {candidate.name} (missing {part!r})")
         node = node[part]
     return node
 
 
-def _by_call(candidates: Sequence[Candidate]) -> dict[tuple[tuple[str, ...], str], tuple[list[Candidate], list[Candidate]]]:
-    """(module path, method) -> (parallel candidates, sequential candidates), each in index order."""
-    table: dict[tuple[tuple[str, ...], str], tuple[list[Candidate], list[Candidate]]] = {}
+def _slot(candidate: Candidate) -> str:
+    """The key of a candidate's entry in its module's scope: its key, '@method' appended for a method
+    other than ``__call__`` (the tied projection's ``attend``)."""
+    method = candidate.position.method
+    return candidate.key if method == CALL else f"{candidate.key}@{method}"
+
+
+def _set(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def _signature(candidate: Candidate) -> tuple[Any, ...]:
+    """What must agree between the layers of a scan at one place: the delta, its settings, its slot."""
+    return candidate.key, candidate.delta_type, sorted(candidate.kwargs.items()), candidate.slot
+
+
+@dataclasses.dataclass
+class _Placement:
+    """Where candidates act as the model runs.
+
+    calls: (module path, method) -> (parallel candidates, sequential candidates), each in index order;
+      inside scanned layers the path is the scan body's and the candidates are the first layer's.
+    unscanned: the candidates outside scanned layers.
+    scanned: (scan body module path, slot) -> that slot's candidate in each scanned layer, in order.
+    """
+
+    calls: dict[tuple[tuple[str, ...], str], tuple[list[Candidate], list[Candidate]]]
+    unscanned: list[Candidate]
+    scanned: dict[tuple[tuple[str, ...], str], list[Candidate]]
+
+
+def _place(candidates: Sequence[Candidate], scans: Sequence[ScannedLayers]) -> _Placement:
+    """The candidates' places; every scanned layer must hold the same candidates (ScanError otherwise)."""
+    placement = _Placement({}, [], {})
+    per_layer: dict[tuple[tuple[str, ...], str], tuple[ScannedLayers, dict[int, list[Candidate]]]] = {}
     for candidate in sorted(candidates, key=lambda c: c.index):
-        parallel, sequential = table.setdefault((candidate.position.path, candidate.position.method), ([], []))
+        path, method = candidate.position.path, candidate.position.method
+        scan = next((scan for scan in scans if scan.scanned_path(path) is not None), None)
+        if scan is None:
+            placement.unscanned.append(candidate)
+        else:
+            path, offset = scan.scanned_path(path)
+            per_layer.setdefault((path, method), (scan, {}))[1].setdefault(offset, []).append(candidate)
+            if offset:
+                continue
+        parallel, sequential = placement.calls.setdefault((path, method), ([], []))
         (parallel if candidate.slot == "parallel" else sequential).append(candidate)
-    return table
+    for (path, _), (scan, layers) in per_layer.items():
+        signatures = [[_signature(c) for c in layers.get(offset, [])] for offset in range(scan.count)]
+        differing = next((offset for offset, signature in enumerate(signatures) if signature != signatures[0]), None)
+        if differing is not None:
+            raise ScanError(
+                f"{'/'.join(path)}: the candidates of {scan.layer_names()[differing]} differ from those of "
+                f"{scan.layer_names()[0]}, and one nn.scan runs both: give every scanned layer the same "
+                "candidates (a search space that is the same in each layer), or set scan_layers off")
+        for slot_index, first in enumerate(layers[0]):
+            placement.scanned[(path, _slot(first))] = [layers[offset][slot_index] for offset in range(scan.count)]
+    return placement
 
 
 def with_deltas(
@@ -83,6 +152,8 @@ def with_deltas(
     candidates: Sequence[Candidate],
     delta: Mapping[str, Any],
     gate_values: jax.Array | None = None,
+    scans: Sequence[ScannedLayers] = (),
+    stacked_delta: bool = False,
 ) -> Callable[..., Any]:
     """Wraps ``apply_fn`` (an un-jitted ``model.apply``) so that the candidates' deltas act.
 
@@ -93,22 +164,48 @@ def with_deltas(
       delta: their parameters, as made by :func:`init_delta` (may hold more than ``candidates``).
       gate_values: f32[N] gates z indexed by ``candidate.index`` (soft gates during search), or
         None: every candidate is fully on, with no gate (re-training a chosen structure).
+      scans: the layers the model runs under ``nn.scan`` (its params stacked by
+        ``deltas.scan.stack_layers``); the candidates keep their unscanned positions. Every scanned layer
+        must hold the same candidates.
+      stacked_delta: ``delta`` is in the scanned layout already (``stack_layers(delta, scans)``, as
+        the search step keeps it), not the unscanned one.
 
+    The candidates' parameters and gates reach each module as two variable collections,
+    ``DELTA_COLLECTION`` and ``GATE_COLLECTION``, nested by module path like ``params`` (and, inside
+    scanned layers, stacked like them), which the interceptor reads from the module's scope.
     Differentiable w.r.t. ``delta`` and ``gate_values``; works under ``jax.jit`` and with mutable
     collections. Pass the plain ``model.apply``, not a jitted one: a jitted function's cached
     trace would not see the interceptor.
     """
-    table = _by_call(candidates)
-    weights = {c.name: candidate_params(delta, c) for c in candidates}
+    placement = _place(candidates, scans)
     if gate_values is not None and candidates:
         needed = max(c.index for c in candidates) + 1
         if gate_values.ndim != 1 or gate_values.shape[0] < needed:
             raise InjectionError(f"gate_values must be a vector of at least {needed} gates (max candidate index + 1), got shape {gate_values.shape}")
+    weights: dict[str, Any] = {}
+    gates: dict[str, Any] = {}
+    for candidate in placement.unscanned:
+        where = (*candidate.position.path, _slot(candidate))
+        _set(weights, where, candidate_params(delta, candidate))
+        if gate_values is not None:
+            _set(gates, where, gate_values[candidate.index])
+    for (path, slot), layers in placement.scanned.items():
+        if stacked_delta:
+            params = _params_at(delta, (*path, layers[0].key), layers[0])
+        else:
+            params = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
+                                            *[candidate_params(delta, c) for c in layers])
+        _set(weights, (*path, slot), params)
+        if gate_values is not None:  # one gather per slot, whatever the depth
+            _set(gates, (*path, slot), gate_values[np.array([c.index for c in layers])])
+    collections = {DELTA_COLLECTION: weights}
+    if gate_values is not None:
+        collections[GATE_COLLECTION] = gates
 
-    def contribution(candidate: Candidate, x: jax.Array, y: jax.Array) -> jax.Array:
+    def contribution(candidate: Candidate, scope: Mapping[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
         delta_type = get_delta_type(candidate.delta_type)
-        params = weights[candidate.name]
-        gate = None if gate_values is None else gate_values[candidate.index]
+        params = scope[DELTA_COLLECTION][_slot(candidate)]
+        gate = None if gate_values is None else scope[GATE_COLLECTION][_slot(candidate)]
         if gate is not None and delta_type.gate_params:  # z Delta(x) as Delta with z-scaled parameters
             params = {name: gate * value if name in delta_type.gate_params else value for name, value in params.items()}
         out = delta_type.apply(params, x, y, candidate.position, **candidate.kwargs)
@@ -119,7 +216,7 @@ def with_deltas(
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name not in (CALL, "attend"):
             return next_fun(*args, **kwargs)
-        here = table.get((tuple(context.module.path), context.method_name))
+        here = placement.calls.get((tuple(context.module.path), context.method_name))
         y = next_fun(*args, **kwargs)
         if here is None:
             return y
@@ -127,17 +224,22 @@ def with_deltas(
         if not isinstance(y, jax.Array):
             name = (parallel or sequential)[0].position.name
             raise InjectionError(f"{name}: the module returned {type(y).__name__}, not one array")
+        scope = context.module.variables  # this layer's slice inside a scan
         x = first_input(context, args, kwargs) if parallel else None
         out = y
         for candidate in parallel:
-            out = out + contribution(candidate, x, y)
+            out = out + contribution(candidate, scope, x, y)
         augmented = out
         for candidate in sequential:
-            out = out + contribution(candidate, x, augmented)
+            out = out + contribution(candidate, scope, x, augmented)
         return out
 
-    def apply(*args: Any, **kwargs: Any) -> Any:
+    def apply(variables: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        taken = sorted(set(collections) & set(variables))
+        if taken:
+            raise InjectionError(f"the variables already hold the collection(s) {', '.join(taken)}, which "
+                                 "with_deltas adds: pass the model's own variables (e.g. {'params': params})")
         with nn.intercept_methods(interceptor):
-            return apply_fn(*args, **kwargs)
+            return apply_fn({**variables, **collections}, *args, **kwargs)
 
     return apply

@@ -17,12 +17,17 @@ signature of `model.apply` and already carries the gated deltas. Parameters that
 outside the budget (a task head) go in `searcher.init(key, extra=head)` and reach the loss as a fifth
 argument, `loss_fn(apply_fn, params, batch, dropout_key, extra)`. Re-train the chosen structure with
 `s3.with_deltas(model.apply, chosen, s3.init_delta(key, chosen))` (no gates) and any optimizer.
+
+A model that runs its repeated layers under `nn.scan` (stacked params) is searched with
+`s3.Searcher(..., scans=[s3.ScannedLayers(...)])` and `params = s3.stack_layers(params, scans)`;
+candidates, delta and structures keep the unscanned paths (T5: `t5.scanned_layers(config)`).
 """
 
 from s3delta_jax.deltas import (
     Candidate,
     Position,
     Rule,
+    ScannedLayers,
     budget_params,
     candidates_from_mask,
     discover_positions,
@@ -31,6 +36,7 @@ from s3delta_jax.deltas import (
     load_structure,
     register_norm,
     save_structure,
+    stack_layers,
     structure_from_candidates,
     with_deltas,
 )
@@ -39,8 +45,8 @@ from s3delta_jax.search.searcher import Searcher
 from s3delta_jax.search.step import SearchSettings, SearchState, make_search_step
 
 __all__ = [
-    "BudgetError", "Candidate", "Position", "Rule", "SearchSettings", "SearchState", "Searcher", "budget_params",
+    "BudgetError", "Candidate", "Position", "Rule", "ScannedLayers", "SearchSettings", "SearchState", "Searcher", "budget_params",
     "candidates_from_mask", "discover_positions", "expand", "gate_probabilities", "init_delta", "load_structure",
-    "make_search_step", "register_norm", "sample_concrete", "save_structure", "solve_zeta",
+    "make_search_step", "register_norm", "sample_concrete", "save_structure", "solve_zeta", "stack_layers",
     "structure_from_candidates", "with_deltas",
 ]

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from s3delta_jax.deltas.inject import init_delta, with_deltas
+from s3delta_jax.deltas.scan import ScannedLayers
 from s3delta_jax.deltas.spaces import Candidate, candidates_from_mask
 from s3delta_jax.search import gates, select as select_lib
 from s3delta_jax.search.step import (
@@ -54,6 +55,10 @@ class Searcher:
       jit: how `step` is compiled, `jit(step_fn) -> compiled` for
         `step_fn(state, params, batch_delta, batch_alpha)`; the programs pass one with the
         partitioner's shardings (default: `jax.jit`).
+      scans: the layers `model_apply` runs under nn.scan (e.g. `t5.scanned_layers(config)` of a T5
+        with `scan_layers=True`), so that a deep model compiles one layer body; `params` must then
+        be in the stacked layout (`deltas.scan.stack_layers`). Candidates, delta and checkpoints keep
+        the unscanned paths; every scanned layer must hold the same candidates.
     """
 
     model_apply: Callable[..., Any]
@@ -65,6 +70,7 @@ class Searcher:
     learning_rate: float = 3e-4
     alpha_learning_rate: float = 0.1
     jit: Callable[[Callable], Callable] = jax.jit
+    scans: Sequence[ScannedLayers] = ()
 
     def __post_init__(self):
         self.sizes = np.array([c.size for c in self.candidates], dtype=np.int64)
@@ -73,7 +79,7 @@ class Searcher:
         self.alpha_optimizer, _ = adamw_with_linear_decay(self.alpha_learning_rate, self.total_steps)
         self.step = self.jit(make_search_step(
             self.loss_fn, self.model_apply, self.candidates, self.sizes, self.budget, self.settings,
-            self.delta_optimizer, self.alpha_optimizer, delta_schedule,
+            self.delta_optimizer, self.alpha_optimizer, delta_schedule, self.scans,
         ))
 
     def init(self, rng: jax.Array, extra: Any = None) -> SearchState:
@@ -90,7 +96,7 @@ class Searcher:
 
     def apply_with_expected_gates(self, delta: Any, alpha: jax.Array) -> Callable[..., Any]:
         """`model.apply` with every candidate gated by p (the search's evaluation, z = p)."""
-        return with_deltas(self.model_apply, self.candidates, delta, self.probabilities(alpha))
+        return with_deltas(self.model_apply, self.candidates, delta, self.probabilities(alpha), self.scans)
 
     def select(self, alpha: jax.Array, strategy: str = "greedy", seed: int | None = None) -> list[Candidate]:
         """The final structure from `state.alpha`: candidates chosen from p within the budget

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from s3delta_jax.deltas.inject import with_deltas
+from s3delta_jax.deltas.scan import ScannedLayers, stack_layers, unstack_layers
 from s3delta_jax.search import gates, hypergrad
 
 # Hard-concrete stretch (low, high) of the 'l0' ablation (Louizos et al. 2018); the reference's own
@@ -172,6 +173,7 @@ def make_search_step(
     delta_optimizer: optax.GradientTransformation,
     alpha_optimizer: optax.GradientTransformation,
     delta_lr_schedule: optax.Schedule,
+    scans: Sequence[ScannedLayers] = (),
 ) -> Callable[[SearchState, Any, Any, Any], tuple[SearchState, dict[str, jax.Array]]]:
     """Builds `step(state, params, batch_delta, batch_alpha) -> (state, metrics)`.
 
@@ -185,12 +187,14 @@ def make_search_step(
       settings: see SearchSettings.
       delta_optimizer / alpha_optimizer: optax optimizers (clipping is applied here, not in them).
       delta_lr_schedule: the delta learning rate by step; xi of the hypergradient.
+      scans: the layers `model_apply` runs under nn.scan (`params` in their stacked layout; see
+        `deltas.inject.with_deltas`); the state's delta keeps the unscanned layout.
     """
     sizes = jnp.asarray(sizes, jnp.float32)
 
     def task_loss(params, weights, has_extra, z, batch, key):
         delta, extra = split_inner_weights(weights, has_extra)
-        apply_fn = with_deltas(model_apply, candidates, delta, z)
+        apply_fn = with_deltas(model_apply, candidates, delta, z, scans, stacked_delta=bool(scans))
         return loss_fn(apply_fn, params, batch, key, extra) if has_extra else loss_fn(apply_fn, params, batch, key)
 
     def concrete_sampler(alpha, key):
@@ -210,6 +214,15 @@ def make_search_step(
         return sample
 
     def step(state: SearchState, params: Any, batch_delta: Any, batch_alpha: Any):
+        if not scans:
+            return layout_step(state, params, batch_delta, batch_alpha)
+        # In the scanned layout the delta of N layers is one array per slot: the optimizer, clipping and
+        # the virtual step then compile as many operations at any depth.
+        stacked = relayout(state, lambda delta: stack_layers(delta, scans, "delta pytree"))
+        new_state, metrics = layout_step(stacked, params, batch_delta, batch_alpha)
+        return relayout(new_state, lambda delta: unstack_layers(delta, scans)), metrics
+
+    def layout_step(state: SearchState, params: Any, batch_delta: Any, batch_alpha: Any):
         rng, sample_key, resample_key, delta_dropout_key, *hyper_keys = jax.random.split(state.rng, 8)
         xi = delta_lr_schedule(state.step)
 
@@ -286,6 +299,24 @@ def make_search_step(
         return new_state, metrics
 
     return step
+
+
+def relayout(state: SearchState, convert: Callable[[Any], Any]) -> SearchState:
+    """`state` with `convert` applied to its delta and to each part of the delta optimizer's state that
+    is shaped like the inner weights (Adam's moments); `extra` and counters are left as they are."""
+    has_extra = state.extra is not None
+    weights = jax.tree.structure(state.weights)
+
+    def convert_weights(tree):
+        delta, extra = split_inner_weights(tree, has_extra)
+        return inner_weights(convert(delta), extra)
+
+    def is_weights(node):
+        return jax.tree.structure(node) == weights
+
+    opt_state = jax.tree.map(lambda node: convert_weights(node) if is_weights(node) else node,
+                             state.delta_opt_state, is_leaf=is_weights)
+    return state.replace(delta=convert(state.delta), delta_opt_state=opt_state)
 
 
 def _without_delta_gradient(hypergradient: tuple[jax.Array, dict[str, jax.Array]]):

@@ -13,6 +13,9 @@ The module tree mirrors Hugging Face names (`block.3` <-> `block_3`, `layer.1` <
     lm_head                                  nn.Dense, only when embeddings are untied (v1.1 / FLAN)
 
 The relative-position table lives in block_0's SelfAttention and is shared by the later blocks.
+With `scan_layers`, blocks 1..N-1 of each stack are one nn.scan module `block_scan` with stacked
+params (`scanned_layers` describes the layout for `deltas.scan.stack_layers`); `remat` recomputes
+each block in the backward pass.
 `SelfAttention`/`EncDecAttention` (T5Attention) and `DenseReluDense` return one array
 [batch, length, d_model], so delta modules can intercept them with `nn.intercept_methods`.
 Every parameter carries t5x logical axis names; key activations get logical constraints.
@@ -35,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from s3delta_jax.deltas.positions import register_norm
+from s3delta_jax.deltas.scan import ScannedLayers
 from s3delta_jax.errors import UserError
 from s3delta_jax.models.dropout import Dropout
 
@@ -48,6 +52,15 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
     "silu": nn.silu,
+}
+
+
+# Block rematerialisation (jax.checkpoint per block): "full" stores only each block's inputs and
+# recomputes the rest in the backward pass; "dots" also stores the outputs of its weight matmuls.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -87,6 +100,8 @@ class T5Config:
     decoder_start_token_id: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    scan_layers: bool = False  # blocks 1..N-1 of each stack under nn.scan (params stacked, see scanned_layers)
+    remat: str = "none"  # what each block's backward recomputes instead of storing: "none", "full", "dots"
 
     def __post_init__(self):
         if self.num_decoder_layers is None:
@@ -97,6 +112,8 @@ class T5Config:
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported: use 'relu', "
                 f"'gated-gelu' or '[gated-]{{{','.join(_ACTIVATIONS)}}}'"
             )
+        if self.remat not in REMAT_POLICIES:
+            raise T5ConfigError(f"remat={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
 
     @property
     def is_gated_act(self) -> bool:
@@ -463,11 +480,16 @@ class T5LayerFF(nn.Module):
 
 
 class T5Block(nn.Module):
-    """Encoder block (layer_0 self-attn, layer_1 FFN) or decoder block (+ layer_1 cross-attn, layer_2 FFN)."""
+    """Encoder block (layer_0 self-attn, layer_1 FFN) or decoder block (+ layer_1 cross-attn, layer_2 FFN).
+
+    As the body of the stack's nn.scan (`scan_body`) it returns (x, None): x is the carry, and the
+    position bias, an input of every block after block 0, is not stacked as an output.
+    """
 
     config: T5Config
     is_decoder: bool
     has_relative_attention_bias: bool
+    scan_body: bool = False
 
     def setup(self):
         layers: list[nn.Module] = [
@@ -492,11 +514,30 @@ class T5Block(nn.Module):
         if self.is_decoder:
             x = self.layer[1](x, encoder_hidden_states, encoder_mask, deterministic, decode)
         x = self.layer[-1](x, deterministic)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed")), position_bias
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return (x, None) if self.scan_body else (x, position_bias)
+
+
+def _block_class(config: T5Config, in_scan: bool) -> type[T5Block]:
+    """T5Block, or with `config.remat` its rematerialised form (jax.checkpoint of each call, with
+    deterministic and decode, arguments 6 and 7 counting self, static; inside a scan XLA cannot merge
+    the recomputation away, so it needs no CSE barrier)."""
+    if config.remat == "none":
+        return T5Block
+    return nn.remat(T5Block, static_argnums=(6, 7), policy=REMAT_POLICIES[config.remat], prevent_cse=not in_scan)
+
+
+SCANNED_BLOCKS = "block_scan"  # the module (and params subtree) of a stack's scanned blocks
 
 
 class T5Stack(nn.Module):
-    """dropout(embeddings) -> blocks -> final_layer_norm -> dropout. [b, l, d] -> [b, l, d]."""
+    """dropout(embeddings) -> blocks -> final_layer_norm -> dropout. [b, l, d] -> [b, l, d].
+
+    With `config.scan_layers`, blocks 1..N-1 run as one nn.scan module `block_scan` whose params
+    (and every other collection: the cache, the deltas) carry the block index as a leading axis,
+    so the stack compiles one block body however deep it is; block 0, which owns the relative
+    position table, runs on its own.
+    """
 
     config: T5Config
     is_decoder: bool
@@ -504,9 +545,26 @@ class T5Stack(nn.Module):
     def setup(self):
         c = self.config
         depth = c.num_decoder_layers if self.is_decoder else c.num_layers
-        self.block = [T5Block(c, self.is_decoder, has_relative_attention_bias=i == 0) for i in range(depth)]
+        unrolled = depth - self.scanned_depth
+        self.block = [_block_class(c, in_scan=False)(c, self.is_decoder, has_relative_attention_bias=i == 0)
+                      for i in range(unrolled)]
+        if self.scanned_depth:
+            self.block_scan = nn.scan(
+                _block_class(c, in_scan=True),
+                variable_axes={True: 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * 6,
+                length=self.scanned_depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(c, self.is_decoder, has_relative_attention_bias=False, scan_body=True)
         self.final_layer_norm = _layer_norm(c)
         self.dropout = Dropout(c.dropout_rate)
+
+    @property
+    def scanned_depth(self) -> int:
+        """How many blocks run in `block_scan`: N - 1 with `config.scan_layers`, else 0."""
+        depth = self.config.num_decoder_layers if self.is_decoder else self.config.num_layers
+        return depth - 1 if self.config.scan_layers else 0
 
     def __call__(
         self,
@@ -524,6 +582,8 @@ class T5Stack(nn.Module):
             x, position_bias = block(
                 x, mask, position_bias, encoder_hidden_states, encoder_mask, deterministic, decode
             )
+        if self.scanned_depth:
+            x, _ = self.block_scan(x, mask, position_bias, encoder_hidden_states, encoder_mask, deterministic, decode)
         return self.dropout(self.final_layer_norm(x), deterministic=deterministic)
 
 
@@ -609,6 +669,15 @@ class T5ForConditionalGeneration(nn.Module):
 # Shapes, counts, logical axes, initialisation
 
 
+def scanned_layers(config: T5Config) -> tuple[ScannedLayers, ...]:
+    """The blocks that each stack runs under nn.scan (none without `config.scan_layers`): what
+    `deltas.scan.stack_layers` turns the unscanned params (and deltas) into the scanned layout with."""
+    if not config.scan_layers:
+        return ()
+    depths = (("encoder", config.num_layers), ("decoder", config.num_decoder_layers))
+    return tuple(ScannedLayers((stack,), "block_", 1, depth - 1, SCANNED_BLOCKS) for stack, depth in depths if depth > 1)
+
+
 @functools.lru_cache(maxsize=32)
 def _boxed_param_shapes(config: T5Config) -> Any:
     model = T5ForConditionalGeneration(config)
@@ -654,4 +723,5 @@ __all__ = [
     "logical_axes",
     "param_shapes",
     "relative_position_bucket",
+    "scanned_layers",
 ]
