@@ -15,12 +15,15 @@ directory, or random weights of a preset's shapes). `s3delta_jax.train` drives a
     strings = head.predictions(np.asarray(outputs))          # scored by data.compute_metrics
 
 `apply_fn` has the signature of `backbone.module.apply` and carries the delta modules
-(`deltas.with_deltas`), so a head never knows whether deltas are there.
+(`deltas.with_deltas`), so a head never knows whether deltas are there. The search may run the
+module in another form, `backbone.search_model(scan_layers, remat)`: its repeated layers under
+nn.scan (params stacked by `deltas.scan.stack_layers`) or rematerialised, where the family can.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,7 +36,9 @@ import numpy as np
 
 from s3delta_jax.data import EncodedExamples, Example, Task
 from s3delta_jax.deltas.positions import Position, discover_positions
+from s3delta_jax.deltas.scan import ScannedLayers
 from s3delta_jax.deltas.spaces import Space, SpaceError
+from s3delta_jax.errors import UserError
 from s3delta_jax.models import checkpoint_files
 
 ApplyFn = Callable[..., Any]
@@ -67,6 +72,25 @@ class TaskHead(abc.ABC):
     @abc.abstractmethod
     def predictions(self, outputs: np.ndarray) -> list[str]:
         """The prediction strings of `predict`'s rows, as `data.compute_metrics` reads them."""
+
+
+class LayerOptionError(UserError, ValueError):
+    """A layer scan or rematerialisation that the model family does not offer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchModel:
+    """The module the search steps run, and the layout of its params.
+
+    `scans`: the layers it runs under nn.scan (the backbone's params go through
+    `deltas.scan.stack_layers(params, scans)` before they reach it; () when none);
+    `param_shapes` / `logical_axes`: of that layout, for placing the params on the mesh.
+    """
+
+    module: nn.Module
+    scans: tuple[ScannedLayers, ...]
+    param_shapes: Params
+    logical_axes: Params
 
 
 class Backbone(abc.ABC):
@@ -123,6 +147,15 @@ class Backbone(abc.ABC):
     def num_params(self) -> int:
         """The budget's denominator: every frozen parameter of the backbone."""
         return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(self.param_shapes()))
+
+    def search_model(self, scan_layers: bool = False, remat: str = "none") -> SearchModel:
+        """The module for the search steps: with `scan_layers` its repeated layers under nn.scan (one
+        compiled layer body however deep the model is), with `remat` ('full', 'dots') each layer
+        recomputed in the backward pass instead of stored. A family without either refuses them."""
+        if scan_layers or remat != "none":
+            raise LayerOptionError(f"the {self.family} family cannot scan or rematerialise its layers: set "
+                                   "search.scan_layers=False and search.remat=none")
+        return SearchModel(self.module, (), self.param_shapes(), self.logical_axes())
 
     def positions(self) -> list[Position]:
         """Where deltas can act, traced from shapes only."""

@@ -177,6 +177,8 @@ FIELD_RULES: dict[str, Rule] = {
     "search.l0_weight": number(minimum=0.0),
     "search.alpha_learning_rate": number(positive=True),
     "search.selection": choice("s3delta_jax.search.select:STRATEGIES"),
+    "search.scan_layers": boolean,
+    "search.remat": choice("s3delta_jax.models.t5.model:REMAT_POLICIES"),  # T5's; other families: "none" only
     **{field: rule for phase in PHASES for field, rule in _schedule_rules(phase).items()},
     "eval.method": text(nonempty=True),
     "eval.max_decode_length": integer(minimum=1),

@@ -11,7 +11,8 @@ import jax
 import ml_collections
 
 from s3delta_jax import data as data_lib
-from s3delta_jax.models.backbone import Backbone
+from s3delta_jax.deltas.scan import stack_layers
+from s3delta_jax.models.backbone import Backbone, SearchModel
 from s3delta_jax.train import outputs
 from s3delta_jax.train.sharding import Partitioner, build_mesh
 from s3delta_jax.train.workdir import check_run_identity, prepare_workdir
@@ -48,16 +49,23 @@ class PlacedBackbone:
     partitioner: Partitioner
 
 
-def place_backbone(backbone: Backbone, seed: int, mesh_config: ml_collections.ConfigDict) -> PlacedBackbone:
-    """Random weights are created in place, shard by shard; loaded weights are cut into shards on the host."""
+def place_backbone(backbone: Backbone, seed: int, mesh_config: ml_collections.ConfigDict,
+                   model: SearchModel | None = None) -> PlacedBackbone:
+    """Random weights are created in place, shard by shard; loaded weights are cut into shards on the host.
+
+    `model`: the layout the params take (`backbone.search_model(...)`: stacked for its scanned
+    layers); None: the backbone's own. Random weights are the same in either layout.
+    """
+    model = model or backbone.search_model()
     mesh = build_mesh(mesh_config)
-    partitioner = Partitioner.create(mesh, backbone.logical_axes(), backbone.param_shapes(), tuple(mesh_config.rules))
+    partitioner = Partitioner.create(mesh, model.logical_axes, model.param_shapes, tuple(mesh_config.rules))
     if backbone.checkpoint_dir is None:
-        init = jax.jit(backbone.init_params, out_shardings=partitioner.param_shardings)
+        init = jax.jit(lambda rng: stack_layers(backbone.init_params(rng), model.scans, "params"),
+                       out_shardings=partitioner.param_shardings)
         params = init(jax.random.PRNGKey(seed))
     else:
         with jax.default_device(_host_device()):
-            host_params = backbone.load_params()
+            host_params = stack_layers(backbone.load_params(), model.scans, "params")
         params = partitioner.place(host_params, partitioner.param_shardings)
     return PlacedBackbone(backbone, params, partitioner)
 

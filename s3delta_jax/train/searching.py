@@ -66,7 +66,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     expansion = expand(backbone.space(config.search.space), backbone.positions())
     candidates, sizes = expansion.candidates, expansion.sizes
     budget = budget_params(config.search.budget, backbone.num_params)
-    placed = place_backbone(backbone, config.seed, config.mesh)
+    model = backbone.search_model(config.search.scan_layers, config.search.remat)
+    placed = place_backbone(backbone, config.seed, config.mesh, model)
     partitioner, params = placed.partitioner, placed.params
     writer = record_run(config, workdir, fingerprint, allow_config_change)
     setup_seconds = time.monotonic() - started
@@ -74,9 +75,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     phase_config = config.search
     steps, full_steps = phase_steps(len(data.encoded["delta"]), phase_config)
     searcher = Searcher(
-        backbone.module.apply, candidates, head.loss, budget=budget, total_steps=full_steps, settings=settings,
+        model.module.apply, candidates, head.loss, budget=budget, total_steps=full_steps, settings=settings,
         learning_rate=phase_config.learning_rate, alpha_learning_rate=phase_config.alpha_learning_rate,
-        jit=partitioner.step_jit(num_batches=2),
+        jit=partitioner.step_jit(num_batches=2), scans=model.scans,
     )
     rng = jax.random.PRNGKey(config.seed)
     extra = head.init_extra(jax.random.fold_in(rng, EXTRA_KEY_SALT))

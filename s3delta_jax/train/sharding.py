@@ -52,6 +52,7 @@ DEFAULT_RULES: Rules = (
     ("mlp", "model"),
     ("kv", None),
     ("relpos_buckets", None),
+    ("layers", None),  # the leading axis of scanned layers' params (models/t5 scan_layers)
     ("embed", "fsdp"),  # parameters only: in activations 'batch' already holds 'fsdp'
 )
 

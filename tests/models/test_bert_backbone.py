@@ -17,6 +17,7 @@ import pytest
 
 from s3delta_jax.data import get_task
 from s3delta_jax.deltas import expand
+from s3delta_jax.models.backbone import LayerOptionError
 from s3delta_jax.models.bert.backbone import BertBackbone
 from s3delta_jax.models.registry import FamilyError, detect_family, load_backbone
 
@@ -135,6 +136,12 @@ def test_family_detection_and_errors(tiny_bert_dir, tmp_path):
         load_backbone(model_config(str(tiny_bert_dir))).task_head(get_task("mrpc"), "generate", 20)
     with pytest.raises(ValueError, match="free-form answers"):
         load_backbone(model_config(str(tiny_bert_dir))).task_head(get_task("superglue-record"), "classify", 0)
+    backbone = load_backbone(model_config(str(tiny_bert_dir)))
+    assert backbone.search_model().module is backbone.module and backbone.search_model().scans == ()
+    for options in ({"scan_layers": True}, {"remat": "full"}):
+        with pytest.raises(LayerOptionError, match="the bert family cannot scan or rematerialise its layers: set "
+                                                   "search.scan_layers=False and search.remat=none"):
+            backbone.search_model(**options)
 
 
 def test_fingerprint_names_the_weights(tiny_bert_dir):

@@ -29,12 +29,12 @@ from s3delta_jax import data as data_lib
 from s3delta_jax.data.pipeline import IGNORE_LABEL
 from s3delta_jax.data.tokenizers import BYTE_TOKENIZERS, SPIECE_FILE, Tokenizer, get_tokenizer, local_spiece_file
 from s3delta_jax.models import checkpoint_files
-from s3delta_jax.models.backbone import ApplyFn, Backbone, Batch, Params, TaskHead
+from s3delta_jax.models.backbone import ApplyFn, Backbone, Batch, Params, SearchModel, TaskHead
 from s3delta_jax.models.dtypes import parse_dtype
 from s3delta_jax.models.t5 import convert
 from s3delta_jax.models.t5.decoding import cross_entropy_loss, greedy_decode, sequence_log_likelihood, shift_right
 from s3delta_jax.models.t5.model import PRESETS, T5Config, T5ConfigError, T5ForConditionalGeneration, get_config
-from s3delta_jax.models.t5.model import init_params, logical_axes, param_shapes
+from s3delta_jax.models.t5.model import init_params, logical_axes, param_shapes, scanned_layers
 from s3delta_jax.models.t5.spaces import BASELINES, SPACES
 
 EVAL_METHODS = ("generate", "rank")
@@ -97,6 +97,13 @@ class T5Backbone(Backbone):
 
     def init_params(self, rng: jax.Array) -> Params:
         return init_params(self.config, rng)
+
+    def search_model(self, scan_layers: bool = False, remat: str = "none") -> SearchModel:
+        """Blocks 1..N-1 of each stack under nn.scan (`T5Config.scan_layers`) and/or each block
+        rematerialised (`T5Config.remat`: 'none', 'full', 'dots')."""
+        config = dataclasses.replace(self.config, scan_layers=scan_layers, remat=remat)
+        return SearchModel(T5ForConditionalGeneration(config), scanned_layers(config), param_shapes(config),
+                           logical_axes(config))
 
     def load_params(self) -> Params:
         if self.checkpoint_dir is None:
