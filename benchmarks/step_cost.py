@@ -48,6 +48,7 @@ from step_cost_setup import ESTIMATORS, PAPER_BUDGET, SEARCHES, Case, Setup, bui
 from step_cost_timing import Runner, measure_together, time_round_robin, warm_up
 
 from s3delta_jax.deltas import Candidate, expand
+from s3delta_jax.models import t5
 from s3delta_jax.search import gates
 from s3delta_jax.search.searcher import Searcher
 from s3delta_jax.train.retrainer import Retrainer
@@ -139,10 +140,11 @@ def retrain_runner(setup: Setup, candidates: Sequence[Candidate], seed: int = 1)
 
 def search_runner(setup: Setup, search: str, seed: int = 2) -> Runner:
     """`Searcher.step` over every candidate with the settings SEARCHES[search] (reference otherwise)."""
-    searcher = Searcher(setup.model_apply, setup.candidates, setup.loss_fn, budget=setup.budget,
-                        total_steps=SCHEDULE_STEPS, settings=SEARCHES[search], jit=unjitted)
+    searcher = Searcher(setup.search_apply, setup.candidates, setup.loss_fn, budget=setup.budget,
+                        total_steps=SCHEDULE_STEPS, settings=SEARCHES[search], jit=unjitted, scans=setup.scans)
     state = searcher.init(jax.random.PRNGKey(seed))
-    return Runner(searcher.step, (state, setup.params, setup.batch_delta, setup.batch_alpha), threads_state=True)
+    return Runner(searcher.step, (state, setup.search_params, setup.batch_delta, setup.batch_alpha),
+                  threads_state=True)
 
 
 def zeta_seconds_per_solve(setup: Setup, seed: int = 3) -> float:
@@ -326,7 +328,7 @@ def cases_from_args(args: argparse.Namespace) -> list[Case]:
     if args.dtype:
         cases = [dataclasses.replace(c, dtype=d) for c in cases for d in args.dtype.split(",")]
     names = ("batch_size", "source_length", "target_length", "steps", "warmup", "budget", "num_layers",
-             "dropout_rate", "space", "profile", "peer")
+             "dropout_rate", "space", "scan_layers", "remat", "profile", "peer")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.estimators:
         overrides["estimators"] = tuple(args.estimators.split(","))
@@ -359,6 +361,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"delta_gradient='reuse', the virtual step's gradient updates delta; '+shared': "
                         f"hessian_dropout='shared', the exact Hessian term linearized with that gradient); default: the "
                         f"preset's ({', '.join(ESTIMATORS)} unless it says otherwise)")
+    parser.add_argument("--scan-layers", action=argparse.BooleanOptionalAction,
+                        help="search steps run blocks 1..N-1 of each stack under nn.scan, so they compile one "
+                        "block body however deep the model is (default: off)")
+    parser.add_argument("--remat", choices=list(t5.REMAT_POLICIES),
+                        help="search steps recompute each block in the backward pass: 'full' stores only its "
+                        "inputs, 'dots' also its weight matmuls' outputs (default: none)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
                         help="time the pieces of the steps (default: the preset's choice)")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction,

@@ -12,6 +12,7 @@ import numpy as np
 
 from s3delta_jax import data
 from s3delta_jax.deltas import Candidate, Position, Rule, budget_params, candidates_from_mask, expand
+from s3delta_jax.deltas.scan import ScannedLayers, stack_layers
 from s3delta_jax.models import t5
 from s3delta_jax.models.dtypes import parse_dtype
 from s3delta_jax.models.t5.backbone import Seq2SeqHead, T5Backbone
@@ -63,6 +64,9 @@ class Case:
       space: the search space: a preset name of `T5Backbone.space` ('s3pet_mix', the paper's S3PET-M;
         's3pet_lora', S3PET-L) or rules as `deltas.expand` takes them (a tuple of passes of Rules).
       estimators: the search steps to measure, names of SEARCHES.
+      scan_layers: the search steps run the T5 with blocks 1..N-1 under nn.scan (params stacked), so
+        they compile one block body per stack; re-training steps and the profile run it unscanned.
+      remat: the search steps' block rematerialisation (`T5Config.remat`: 'none', 'full', 'dots').
       profile: also time the pieces of the steps (step_cost_pieces.py).
       peer: also time the PEFT peer (peft_peer.py).
     """
@@ -79,6 +83,8 @@ class Case:
     dropout_rate: float = 0.1
     space: str | tuple[tuple[Rule, ...], ...] = "s3pet_mix"
     estimators: tuple[str, ...] = ESTIMATORS
+    scan_layers: bool = False
+    remat: str = "none"
     profile: bool = False
     peer: bool = True
 
@@ -96,6 +102,8 @@ class Case:
                              f"got {self.warmup}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        if self.remat not in t5.REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r}: use one of {', '.join(t5.REMAT_POLICIES)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         unknown = [name for name in self.estimators if name not in SEARCHES]
@@ -122,6 +130,8 @@ class Case:
     @property
     def label(self) -> str:
         layers = "" if self.num_layers is None else f" ({self.num_layers}+{self.num_layers} layers)"
+        layers += ", search scanned" if self.scan_layers else ""
+        layers += f", search remat {self.remat}" if self.remat != "none" else ""
         return (f"{self.model}{layers} {self.dtype} batch {self.batch_size} src {self.source_length} "
                 f"tgt {self.target_length} dropout {self.dropout_rate:g}")
 
@@ -148,6 +158,9 @@ class Setup:
     structure: list[Candidate]
     batch_delta: dict[str, jax.Array]
     batch_alpha: dict[str, jax.Array]
+    search_apply: Any
+    search_params: Any
+    scans: tuple[ScannedLayers, ...]
 
     @property
     def full_depth_structure(self) -> list[Candidate]:
@@ -212,6 +225,14 @@ def build(case: Case, seed: int = 0, abstract_params: bool = False) -> Setup:
     vocab_size = backbone.config.vocab_size
     batch_delta, batch_alpha = ({k: jnp.asarray(v) for k, v in synthetic_batch(rng, case, vocab_size).items()}
                                 for _ in range(2))
+    scanned_config = dataclasses.replace(backbone.config, scan_layers=case.scan_layers, remat=case.remat)
+    scans = t5.scanned_layers(scanned_config)
+    if not scans:
+        search_params = params
+    elif abstract_params:
+        search_params = t5.param_shapes(scanned_config)
+    else:
+        search_params = stack_layers(params, scans, "params")
     return Setup(case, backbone, head, params, positions, expansion.candidates,
                  np.asarray(expansion.sizes, np.float32), budget, candidates_from_mask(expansion.candidates, keep),
-                 batch_delta, batch_alpha)
+                 batch_delta, batch_alpha, t5.T5ForConditionalGeneration(scanned_config).apply, search_params, scans)

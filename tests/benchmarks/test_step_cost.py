@@ -168,10 +168,28 @@ def test_flags_override_the_preset():
         ("t5-small", "float32"), ("t5-small", "bfloat16"), ("t5-base", "float32"), ("t5-base", "bfloat16")]
     assert all(c.steps == 7 and c.num_layers is None for c in cases)
     assert cases[0].searches == ["first_order", "second_order_fd+reuse"]  # measured smallest memory first
+    scanned = step_cost.cases_from_args(step_cost.parse_args(["--scan-layers", "--remat", "full"]))
+    assert all(c.scan_layers and c.remat == "full" for c in scanned)
+    assert not any(c.scan_layers or c.remat != "none" for c in cases)
+    with pytest.raises(ValueError, match="remat 'some': use one of none, full, dots"):
+        Case("tiny", 2, 8, 4, remat="some")
     with pytest.raises(ValueError, match="dtype"):
         Case("tiny", 2, 8, 4, dtype="float16")
     with pytest.raises(ValueError, match="estimators"):
         Case("tiny", 2, 8, 4, estimators=("first_order+reuse",))
+
+
+def test_a_scanned_case_searches_on_stacked_params_and_re_trains_unrolled():
+    case = dataclasses.replace(TINIEST, num_layers=3, budget=300, scan_layers=True, remat="full",
+                               estimators=("first_order",),
+                               space=((Rule(r"block_\d+/layer_0/SelfAttention/q", "linear", "lora", {"r": 1}),),))
+    setup = build(case)
+    assert [(scan.parent, scan.count) for scan in setup.scans] == [(("encoder",), 2), (("decoder",), 2)]
+    kernel = setup.search_params["decoder"]["block_scan"]["layer_0"]["SelfAttention"]["q"]["kernel"]
+    assert kernel.shape[0] == 2 and "block_1" not in setup.search_params["decoder"] and "block_1" in setup.params["decoder"]
+    measured = step_cost.measure_case(case, compile_only=True)
+    assert "search scanned, search remat full" in measured["label"] and measured["case"]["scan_layers"]
+    assert measured["search"]["first_order"]["compile_seconds"] > 0
 
 
 # A stand-in for ../shared/tools/authors_step.py: its command line and JSON, fixed step times.
