@@ -36,6 +36,10 @@ from s3delta_jax.train.outputs import write_json
 
 RUN_FILE = "run.json"
 SAFE = "safe"
+# Fields added to the config after runs began to record run.json, each with the value that computes
+# what runs recorded without it computed: such a run resumes when the field has that value.
+ADDED_FIELDS = {"search.second_order_every": 1, "search.hessian_dropout": "independent",
+                "search.scan_layers": False, "search.remat": "none"}
 SAFE_FIELDS = ("*.eval_batch_size", "*.checkpoint_every", "*.max_steps", "mesh.*", "distributed.*", "retrain_after_search")
 # Fields that differ between the processes of one multi-host run, so they are not part of its identity.
 PER_PROCESS_FIELDS = (("distributed", "process_id"),)
@@ -64,7 +68,7 @@ class RunIdentity:
 
     def changes_to(self, other: RunIdentity) -> list[Change]:
         """The fields of `other` that differ from this identity's; backbone fields as `backbone.<key>`."""
-        return _changes(_flat(self.config), _flat(other.config)) + _changes(
+        return _changes(_flat(self.config), _flat(other.config), ADDED_FIELDS) + _changes(
             _flat(self.backbone, "backbone."), _flat(other.backbone, "backbone."))
 
 
@@ -170,10 +174,12 @@ def _refusal(workdir: str, refused: list[Change]) -> str:
     return f"{start}: use a new --workdir, or continue this run with --allow_config_change={names} (or ={SAFE})"
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+def _changes(old: dict[str, Any], new: dict[str, Any], added: Mapping[str, Any] = {}) -> list[Change]:
+    """The fields whose values differ; a field absent from `old` reads as its `added` value, if any."""
     fields = list(old) + [field for field in new if field not in old]
-    return [Change(field, old.get(field, _MISSING), new.get(field, _MISSING))
-            for field in fields if old.get(field, _MISSING) != new.get(field, _MISSING)]
+    before = {field: old.get(field, added.get(field, _MISSING)) for field in fields}
+    return [Change(field, before[field], new.get(field, _MISSING))
+            for field in fields if before[field] != new.get(field, _MISSING)]
 
 
 def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -88,6 +88,17 @@ def test_every_process_of_a_multi_process_run_shares_its_identity(tmp_path):
         check_run_identity(str(tmp_path), smoke_config(**{**process, "distributed.num_processes": 4}), FINGERPRINT)
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_only_at_its_old_behaviour(tmp_path):
+    """A run.json without search.scan_layers / remat (recorded before they existed) is the same run with
+    their values of then; another value is a change, refused."""
+    old = smoke_config()
+    del old["search"]["scan_layers"], old["search"]["remat"]
+    assert check_run_identity(str(tmp_path), old, FINGERPRINT) is False
+    assert check_run_identity(str(tmp_path), smoke_config(), FINGERPRINT) is True
+    with pytest.raises(UserError, match=r"search\.scan_layers False -> True"):
+        check_run_identity(str(tmp_path), smoke_config(**{"search.scan_layers": True}), FINGERPRINT)
+
+
 def test_naming_an_unsafe_field_does_not_let_it_change(started_run):
     with pytest.raises(UserError, match="cannot change within a run"):
         check_run_identity(str(started_run), smoke_config(**{"search.learning_rate": 1e-2}), FINGERPRINT,
