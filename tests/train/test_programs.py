@@ -95,31 +95,6 @@ def test_sigint_saves_the_interrupted_step_and_the_rerun_ends_as_uninterrupted(s
     assert_resumed_to_the_same_structure(tmp_path, smoke_search)
 
 
-def test_a_scanned_rematerialised_search_computes_the_smoke_search(smoke_search, tmp_path):
-    """search.scan_layers and search.remat change how the step compiles and what it stores, not what
-    it computes: in that form (in-process) the smoke search ends with the same gates and structure."""
-    from s3delta_jax.train.config_file import load_config
-    from s3delta_jax.train.searching import run_search
-
-    config = load_config(str(ROOT / "configs" / "mrpc.py:smoke"))
-    config.search.scan_layers, config.search.remat = True, "full"
-    workdir = tmp_path / "scanned"
-    run_search(config, str(workdir))
-
-    def alpha_and_chosen(directory: Path) -> tuple[dict[str, float], list[str]]:
-        rows = [line.split("\t") for line in (directory / "gates.tsv").read_text().splitlines()]
-        column = rows[0].index("alpha")
-        structure = json.loads((directory / "structure.json").read_text())
-        chosen = [(entry["path"], entry["key"]) for entry in structure["chosen"]]
-        return {row[0]: float(row[column]) for row in rows[1:]}, chosen
-
-    alpha, chosen = alpha_and_chosen(workdir)
-    want_alpha, want_chosen = alpha_and_chosen(smoke_search)
-    assert chosen == want_chosen and alpha.keys() == want_alpha.keys()
-    assert max(abs(alpha[name] - want_alpha[name]) for name in alpha) < 1e-4
-    assert max(abs(value) for value in want_alpha.values()) > 1e-2
-
-
 def copy_of(workdir: Path, target: Path) -> Path:
     subprocess.run(["cp", "-r", str(workdir), str(target)], check=True)
     return target
