@@ -362,7 +362,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"hessian_dropout='shared', the exact Hessian term linearized with that gradient); default: the "
                         f"preset's ({', '.join(ESTIMATORS)} unless it says otherwise)")
     parser.add_argument("--scan-layers", action=argparse.BooleanOptionalAction,
-                        help="search steps run blocks 1..N-1 of each stack under nn.scan, so they compile one "
+                        help="search steps run the blocks of each stack under nn.scan, so they compile one "
                         "block body however deep the model is (default: off)")
     parser.add_argument("--remat", choices=list(t5.REMAT_POLICIES),
                         help="search steps recompute each block in the backward pass: 'full' stores only its "

@@ -64,7 +64,7 @@ class Case:
       space: the search space: a preset name of `T5Backbone.space` ('s3pet_mix', the paper's S3PET-M;
         's3pet_lora', S3PET-L) or rules as `deltas.expand` takes them (a tuple of passes of Rules).
       estimators: the search steps to measure, names of SEARCHES.
-      scan_layers: the search steps run the T5 with blocks 1..N-1 under nn.scan (params stacked), so
+      scan_layers: the search steps run the T5 with its blocks under nn.scan (params stacked), so
         they compile one block body per stack; re-training steps and the profile run it unscanned.
       remat: the search steps' block rematerialisation (`T5Config.remat`: 'none', 'full', 'dots').
       profile: also time the pieces of the steps (step_cost_pieces.py).

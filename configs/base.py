@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
             l0_weight=0.0,
             alpha_learning_rate=0.1,
             selection="greedy",  # or knapsack, random
-            scan_layers=False,  # T5: blocks 1..N-1 under nn.scan, one compiled block body at any depth
+            scan_layers=False,  # T5: every block under nn.scan, one compiled block body at any depth
             remat="none",  # T5: "full" / "dots" recompute each block in the backward pass (less memory)
         )
     )

@@ -2,7 +2,7 @@
 
 A model that scans its repeated layers (t5x's and MaxText's ``scan_layers``) keeps their weights in
 one subtree with a leading layer axis, e.g. ``encoder/block_scan/layer_0/SelfAttention/q/kernel``
-f32[N - 1, d, h] instead of ``encoder/block_{1..N-1}/...`` f32[d, h]. A :class:`ScannedLayers`
+f32[N, d, h] instead of ``encoder/block_{0..N-1}/...`` f32[d, h]. A :class:`ScannedLayers`
 says which layers a model scans; :func:`stack_layers` and :func:`unstack_layers` convert any pytree
 nested by module path (params, the delta pytree, the gates) between the two layouts, so positions,
 structures, checkpoints and Hugging Face names keep the unscanned paths.
@@ -29,8 +29,11 @@ class ScannedLayers:
     """Layers ``{layer_prefix}{first} ... {layer_prefix}{first + count - 1}`` under `parent`, run by
     one ``nn.scan`` module named `name` (same parent) with the layer index as leading axis.
 
-    E.g. T5's encoder: ScannedLayers(parent=('encoder',), layer_prefix='block_', first=1, count=5,
-    name='block_scan') (block 0 owns the relative position table and runs outside the scan).
+    `kept`: subtrees (paths inside the first layer) that only the first layer has and that stay
+    outside the scan at their unscanned path. E.g. T5's encoder: ScannedLayers(parent=('encoder',),
+    layer_prefix='block_', first=0, count=6, name='block_scan',
+    kept=(('layer_0', 'SelfAttention', 'relative_attention_bias'),)): block 0's relative position
+    table, which the stack applies before the scan and hands to every block.
     """
 
     parent: tuple[str, ...]
@@ -38,6 +41,7 @@ class ScannedLayers:
     first: int
     count: int
     name: str
+    kept: tuple[tuple[str, ...], ...] = ()
 
     def layer_names(self) -> list[str]:
         return [f"{self.layer_prefix}{i}" for i in range(self.first, self.first + self.count)]
@@ -49,7 +53,10 @@ class ScannedLayers:
         if tuple(path[:depth]) != self.parent or len(path) <= depth or path[depth] not in self.layer_names():
             return None
         offset = int(path[depth][len(self.layer_prefix):]) - self.first
-        return (*self.parent, self.name, *path[depth + 1:]), offset
+        inner = tuple(path[depth + 1:])
+        if offset == 0 and any(inner[:len(kept)] == kept for kept in self.kept):
+            return None
+        return (*self.parent, self.name, *inner), offset
 
 
 def _node(tree: Mapping[str, Any], parent: Sequence[str]) -> Mapping[str, Any] | None:
@@ -67,9 +74,33 @@ def _replace(tree: Mapping[str, Any], parent: Sequence[str], node: dict[str, Any
     return {**tree, parent[0]: _replace(tree[parent[0]], parent[1:], node)}
 
 
+def _split(layer: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`layer` without the subtrees at `paths`, and those subtrees alone (same nesting; {} if none)."""
+    rest, kept = dict(layer), {}
+    for path in paths:
+        node = _node(rest, path[:-1])
+        if node is None or path[-1] not in node:
+            continue
+        subtree = node[path[-1]]
+        for part in reversed(path):
+            subtree = {part: subtree}
+        kept = _merge(kept, subtree)
+        rest = _replace(rest, path[:-1], {key: value for key, value in node.items() if key != path[-1]})
+    return rest, kept
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The union of two nested dicts (subtrees present in both are merged)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
 def stack_layers(tree: Mapping[str, Any], scans: Sequence[ScannedLayers], what: str = "tree") -> dict[str, Any]:
     """The scanned layout of `tree` (nested by unscanned module path): for each scan, its layers'
-    subtrees become one subtree `name` whose leaves are stacked on a new leading axis.
+    subtrees become one subtree `name` whose leaves are stacked on a new leading axis (the first
+    layer's `kept` subtrees stay where they are).
 
     A scan none of whose layers is in `tree` is left out (no deltas sit there); one whose layers
     are there only in part, or with different structures, raises ScanError (naming `what`).
@@ -83,6 +114,9 @@ def stack_layers(tree: Mapping[str, Any], scans: Sequence[ScannedLayers], what: 
         if not present:
             continue
         layers = [node.get(name) for name in scan.layer_names()]
+        kept = {}
+        if layers[0] is not None:
+            layers[0], kept = _split(layers[0], scan.kept)
         structures = {jax.tree_util.tree_structure(layer) for layer in layers}
         if len(structures) != 1 or any(layer is None for layer in layers):
             raise ScanError(
@@ -91,12 +125,15 @@ def stack_layers(tree: Mapping[str, Any], scans: Sequence[ScannedLayers], what: 
                 "the same deltas (a search space that is the same in each layer), or set scan_layers off")
         stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *layers)
         rest = {key: value for key, value in node.items() if key not in scan.layer_names()}
+        if kept:
+            rest[scan.layer_names()[0]] = kept
         out = _replace(out, scan.parent, {**rest, scan.name: stacked})
     return out
 
 
 def unstack_layers(tree: Mapping[str, Any], scans: Sequence[ScannedLayers]) -> dict[str, Any]:
-    """The inverse of :func:`stack_layers`: each scan's subtree `name` back into its layers."""
+    """The inverse of :func:`stack_layers`: each scan's subtree `name` back into its layers (the
+    first with its `kept` subtrees)."""
     out = dict(tree)
     for scan in scans:
         node = _node(out, scan.parent)
@@ -105,6 +142,9 @@ def unstack_layers(tree: Mapping[str, Any], scans: Sequence[ScannedLayers]) -> d
         stacked = node[scan.name]
         layers = {name: jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stacked)
                   for i, name in enumerate(scan.layer_names())}
+        first = scan.layer_names()[0]
+        if first in node:
+            layers[first] = _merge(node[first], layers[first])
         rest = {key: value for key, value in node.items() if key != scan.name}
         out = _replace(out, scan.parent, {**rest, **layers})
     return out

@@ -1,4 +1,4 @@
-"""Scanned layers: T5 with blocks 1..N-1 under nn.scan computes what the unrolled T5 computes, with
+"""Scanned layers: T5 with its blocks under nn.scan computes what the unrolled T5 computes, with
 gated deltas, their gradients, the decode cache and a whole search step; layouts convert both ways;
 non-uniform deltas are refused."""
 
@@ -54,15 +54,20 @@ def logits_fn(config, candidates, scans, batch):
 
 def test_the_scanned_layout_is_the_stacked_unscanned_one(setup):
     params = setup[0]
-    assert [(s.parent, s.first, s.count, s.name) for s in SCANS] == [
-        (("encoder",), 1, 2, "block_scan"), (("decoder",), 1, 3, "block_scan")]
+    assert [(s.parent, s.first, s.count, s.name, s.kept) for s in SCANS] == [
+        ((stack,), 0, depth, "block_scan", (("layer_0", "SelfAttention", "relative_attention_bias"),))
+        for stack, depth in (("encoder", 3), ("decoder", 4))]
     stacked = stack_layers(params, SCANS, "params")
     assert set(stacked["encoder"]) == {"block_0", "block_scan", "final_layer_norm"}
+    table = stacked["decoder"]["block_0"]  # block_0 keeps only the relative position table
+    np.testing.assert_array_equal(table["layer_0"]["SelfAttention"]["relative_attention_bias"]["embedding"],
+                                  params["decoder"]["block_0"]["layer_0"]["SelfAttention"]["relative_attention_bias"]["embedding"])
+    assert len(jax.tree.leaves(table)) == 1
     expected = t5.param_shapes(SCANNED)
     assert jax.tree.structure(stacked) == jax.tree.structure(expected)
     for got, want in zip(jax.tree.leaves(stacked), jax.tree.leaves(expected)):
         assert got.shape == want.shape
-    np.testing.assert_array_equal(stacked["decoder"]["block_scan"]["layer_2"]["DenseReluDense"]["wo"]["kernel"][1],
+    np.testing.assert_array_equal(stacked["decoder"]["block_scan"]["layer_2"]["DenseReluDense"]["wo"]["kernel"][2],
                                   params["decoder"]["block_2"]["layer_2"]["DenseReluDense"]["wo"]["kernel"])
     axes = t5.logical_axes(SCANNED)["encoder"]["block_scan"]["layer_0"]["SelfAttention"]["q"]["kernel"]
     assert tuple(axes) == ("layers", "embed", "joined_kv")
@@ -74,7 +79,11 @@ def test_the_scanned_layout_is_the_stacked_unscanned_one(setup):
 
 def test_scanned_t5_with_gated_deltas_matches_the_unrolled_one(setup):
     """Every S3PET-M candidate with random weights and random gates: logits and the gradients with
-    respect to delta and the gates agree (only the summation order of the stacked gradients differs)."""
+    respect to delta and the gates agree to float32 rounding. Measured: in float32 the attention
+    LoRAs' gradients of the last encoder block differ by up to 5.3e-4 of their leaf's largest entry,
+    as the unrolled model's own do between jit and op-by-op execution (1.3e-4); with the model's
+    float32 casts made float64 under x64 the two agreed to 7e-13. A wrong gate, slice or position
+    bias differs by O(1)."""
     params, _, candidates, batch = setup
     delta = random_delta(candidates, scale=0.3)
     gates = jnp.asarray(np.random.default_rng(6).uniform(0.1, 1.0, len(candidates)), jnp.float32)
@@ -94,7 +103,7 @@ def test_scanned_t5_with_gated_deltas_matches_the_unrolled_one(setup):
     assert jax.tree.structure(grads_got) == jax.tree.structure(grads_want)
     for got_leaf, want_leaf in zip(jax.tree.leaves(grads_got), jax.tree.leaves(grads_want)):
         scale = max(float(np.abs(want_leaf).max()), 1e-3)
-        np.testing.assert_allclose(got_leaf / scale, want_leaf / scale, atol=1e-5)
+        np.testing.assert_allclose(got_leaf / scale, want_leaf / scale, atol=1e-3)
     assert float(np.abs(grads_want[1]).min()) > 0  # every gate matters: every candidate acts
 
 
@@ -102,7 +111,7 @@ def test_scanned_cached_decoding_matches_the_unrolled_full_decode(setup):
     """The decode cache is stacked like the params: token-by-token logits equal the full decode's."""
     params, positions, _, batch = setup
     candidates = make_candidates(positions, [
-        (f"decoder/block_{i}/layer_{j}/{name}/{proj}", "lora", {}) for i in range(1, 4)
+        (f"decoder/block_{i}/layer_{j}/{name}/{proj}", "lora", {}) for i in range(4)
         for j, name in ((0, "SelfAttention"), (1, "EncDecAttention")) for proj in ("k", "v")])
     delta = random_delta(candidates, scale=0.3)
     targets, mask = batch["decoder_input_ids"], batch["attention_mask"]
@@ -114,7 +123,7 @@ def test_scanned_cached_decoding_matches_the_unrolled_full_decode(setup):
     full = unrolled({"params": params}, targets, encoded, mask, method="decode")
     _, cache = scanned(variables, targets.shape[1], encoded, mask, method="init_cache", mutable=["cache"])
     cache = cache["cache"]
-    assert cache["decoder"]["block_scan"]["layer_0"]["SelfAttention"]["cached_key"].shape[0] == 3
+    assert cache["decoder"]["block_scan"]["layer_0"]["SelfAttention"]["cached_key"].shape[0] == 4
     step = jax.jit(lambda cache, token: scanned({**variables, "cache": cache}, token, encoded, mask, decode=True,
                                                 method="decode", mutable=["cache"]))
     for t in range(targets.shape[1]):
@@ -158,12 +167,12 @@ def test_a_scanned_search_step_matches_the_unrolled_one(setup):
 def test_candidates_that_differ_between_scanned_layers_are_refused(setup):
     params, positions, _, batch = setup
     candidates = make_candidates(positions, [("encoder/block_1/layer_0/SelfAttention/q", "lora", {})])
-    with pytest.raises(ScanError, match=r"encoder/block_scan/layer_0/SelfAttention/q: the candidates of block_2 "
-                                        r"differ from those of block_1, .* or set scan_layers off"):
+    with pytest.raises(ScanError, match=r"encoder/block_scan/layer_0/SelfAttention/q: the candidates of block_1 "
+                                        r"differ from those of block_0, .* or set scan_layers off"):
         with_deltas(t5.T5ForConditionalGeneration(SCANNED).apply, candidates, random_delta(candidates), scans=SCANS)
-    lora_r = make_candidates(positions, [("encoder/block_1/layer_0/SelfAttention/q", "lora", {"r": 1}),
-                                         ("encoder/block_2/layer_0/SelfAttention/q", "lora", {"r": 2})])
-    with pytest.raises(ScanError, match="the candidates of block_2 differ from those of block_1"):
+    lora_r = make_candidates(positions, [(f"encoder/block_{i}/layer_0/SelfAttention/q", "lora", {"r": r})
+                                         for i, r in enumerate((1, 1, 2))])
+    with pytest.raises(ScanError, match="the candidates of block_2 differ from those of block_0"):
         with_deltas(t5.T5ForConditionalGeneration(SCANNED).apply, lora_r, random_delta(lora_r), scans=SCANS)
 
 
@@ -175,6 +184,15 @@ def test_stack_layers_needs_every_layer_with_one_structure():
     assert stack_layers({"head": 1.0}, [scan]) == {"head": 1.0}  # no layer there: nothing to stack
     assert scan.scanned_path(("enc", "layer_1", "w")) == (("enc", "layers", "w"), 1)
     assert scan.scanned_path(("enc", "norm")) is None
+    kept = ScannedLayers(("enc",), "layer_", 0, 2, "layers", kept=(("extra", "table"),))
+    with_table = {"enc": {"layer_0": {"w": np.zeros(2), "extra": {"table": np.ones(4), "bias": np.ones(1)}},
+                          "layer_1": {"w": np.ones(2), "extra": {"bias": np.zeros(1)}}}}
+    stacked = stack_layers(with_table, [kept])
+    assert set(stacked["enc"]) == {"layers", "layer_0"} and stacked["enc"]["layers"]["extra"]["bias"].shape == (2, 1)
+    np.testing.assert_array_equal(stacked["enc"]["layer_0"]["extra"]["table"], np.ones(4))
+    assert jax.tree.structure(unstack_layers(stacked, [kept])) == jax.tree.structure(with_table)
+    assert kept.scanned_path(("enc", "layer_0", "extra", "table")) is None
+    assert kept.scanned_path(("enc", "layer_0", "extra", "bias")) == (("enc", "layers", "extra", "bias"), 0)
     for broken in ({"enc": {"layer_0": {"w": np.zeros(2)}}},
                    {"enc": {"layer_0": {"w": np.zeros(2)}, "layer_1": {"v": np.zeros(2)}}}):
         with pytest.raises(ScanError, match="the delta pytree differs between the layers layer_0 ... layer_1 of enc"):

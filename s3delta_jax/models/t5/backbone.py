@@ -99,7 +99,7 @@ class T5Backbone(Backbone):
         return init_params(self.config, rng)
 
     def search_model(self, scan_layers: bool = False, remat: str = "none") -> SearchModel:
-        """Blocks 1..N-1 of each stack under nn.scan (`T5Config.scan_layers`) and/or each block
+        """The blocks of each stack under nn.scan (`T5Config.scan_layers`) and/or each block
         rematerialised (`T5Config.remat`: 'none', 'full', 'dots')."""
         config = dataclasses.replace(self.config, scan_layers=scan_layers, remat=remat)
         return SearchModel(T5ForConditionalGeneration(config), scanned_layers(config), param_shapes(config),

@@ -13,9 +13,10 @@ The module tree mirrors Hugging Face names (`block.3` <-> `block_3`, `layer.1` <
     lm_head                                  nn.Dense, only when embeddings are untied (v1.1 / FLAN)
 
 The relative-position table lives in block_0's SelfAttention and is shared by the later blocks.
-With `scan_layers`, blocks 1..N-1 of each stack are one nn.scan module `block_scan` with stacked
-params (`scanned_layers` describes the layout for `deltas.scan.stack_layers`); `remat` recomputes
-each block in the backward pass.
+With `scan_layers`, all blocks of each stack are one nn.scan module `block_scan` with stacked params
+(`scanned_layers` describes the layout for `deltas.scan.stack_layers`), and block_0 keeps only the
+table, whose bias the stack computes before the scan; `remat` recomputes each block in the backward
+pass.
 `SelfAttention`/`EncDecAttention` (T5Attention) and `DenseReluDense` return one array
 [batch, length, d_model], so delta modules can intercept them with `nn.intercept_methods`.
 Every parameter carries t5x logical axis names; key activations get logical constraints.
@@ -100,7 +101,7 @@ class T5Config:
     decoder_start_token_id: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    scan_layers: bool = False  # blocks 1..N-1 of each stack under nn.scan (params stacked, see scanned_layers)
+    scan_layers: bool = False  # the blocks of each stack under nn.scan (params stacked, see scanned_layers)
     remat: str = "none"  # what each block's backward recomputes instead of storing: "none", "full", "dots"
 
     def __post_init__(self):
@@ -322,10 +323,12 @@ class T5Attention(nn.Module):
         if decode and self.has_variable("cache", "cached_key"):
             offset = self.get_variable("cache", "cache_index")
             key_length = self.get_variable("cache", "cached_key").shape[1]
-        query_position = jnp.arange(query_length)[:, None] + offset
-        memory_position = jnp.arange(key_length)[None, :]
+        return self.bias_at(jnp.arange(query_length) + offset, jnp.arange(key_length))
+
+    def bias_at(self, query_positions: Array, key_positions: Array) -> Array:
+        """Relative position bias [1, heads, q, k] of int query positions [q] over key positions [k]."""
         buckets = relative_position_bucket(
-            memory_position - query_position,
+            key_positions[None, :] - query_positions[:, None],
             bidirectional=self.bidirectional,
             num_buckets=self.config.relative_attention_num_buckets,
             max_distance=self.config.relative_attention_max_distance,
@@ -517,6 +520,11 @@ class T5Block(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return (x, None) if self.scan_body else (x, position_bias)
 
+    def position_bias(self, query_positions: Array, key_positions: Array) -> Array:
+        """Block 0's relative position bias [1, heads, q, k] (positions int [q], [k]), for a
+        scanned stack, whose blocks all take it as an input."""
+        return self.layer[0].SelfAttention.bias_at(query_positions, key_positions)
+
 
 def _block_class(config: T5Config, in_scan: bool) -> type[T5Block]:
     """T5Block, or with `config.remat` its rematerialised form (jax.checkpoint of each call, with
@@ -528,15 +536,16 @@ def _block_class(config: T5Config, in_scan: bool) -> type[T5Block]:
 
 
 SCANNED_BLOCKS = "block_scan"  # the module (and params subtree) of a stack's scanned blocks
+RELATIVE_TABLE = ("layer_0", "SelfAttention", "relative_attention_bias")  # in block_0, outside the scan
 
 
 class T5Stack(nn.Module):
     """dropout(embeddings) -> blocks -> final_layer_norm -> dropout. [b, l, d] -> [b, l, d].
 
-    With `config.scan_layers`, blocks 1..N-1 run as one nn.scan module `block_scan` whose params
-    (and every other collection: the cache, the deltas) carry the block index as a leading axis,
-    so the stack compiles one block body however deep it is; block 0, which owns the relative
-    position table, runs on its own.
+    With `config.scan_layers`, the blocks run as one nn.scan module `block_scan` whose params (and
+    every other collection: the cache, the deltas) carry the block index as a leading axis, so the
+    stack compiles one block body however deep it is; block_0 then holds only the relative position
+    table, whose bias the stack computes before the scan and hands to every block.
     """
 
     config: T5Config
@@ -545,26 +554,21 @@ class T5Stack(nn.Module):
     def setup(self):
         c = self.config
         depth = c.num_decoder_layers if self.is_decoder else c.num_layers
-        unrolled = depth - self.scanned_depth
-        self.block = [_block_class(c, in_scan=False)(c, self.is_decoder, has_relative_attention_bias=i == 0)
-                      for i in range(unrolled)]
-        if self.scanned_depth:
+        if c.scan_layers:
+            self.block = [T5Block(c, self.is_decoder, has_relative_attention_bias=True)]  # the table only
             self.block_scan = nn.scan(
                 _block_class(c, in_scan=True),
                 variable_axes={True: 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,) * 6,
-                length=self.scanned_depth,
+                length=depth,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, self.is_decoder, has_relative_attention_bias=False, scan_body=True)
+        else:
+            self.block = [_block_class(c, in_scan=False)(c, self.is_decoder, has_relative_attention_bias=i == 0)
+                          for i in range(depth)]
         self.final_layer_norm = _layer_norm(c)
         self.dropout = Dropout(c.dropout_rate)
-
-    @property
-    def scanned_depth(self) -> int:
-        """How many blocks run in `block_scan`: N - 1 with `config.scan_layers`, else 0."""
-        depth = self.config.num_decoder_layers if self.is_decoder else self.config.num_layers
-        return depth - 1 if self.config.scan_layers else 0
 
     def __call__(
         self,
@@ -577,14 +581,32 @@ class T5Stack(nn.Module):
     ) -> Array:
         x = self.dropout(inputs_embeds, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        position_bias = None
-        for block in self.block:
-            x, position_bias = block(
-                x, mask, position_bias, encoder_hidden_states, encoder_mask, deterministic, decode
-            )
-        if self.scanned_depth:
+        if self.config.scan_layers:
+            position_bias = self.block[0].position_bias(*self._scanned_positions(x.shape[1], decode))
             x, _ = self.block_scan(x, mask, position_bias, encoder_hidden_states, encoder_mask, deterministic, decode)
+        else:
+            position_bias = None
+            for block in self.block:
+                x, position_bias = block(
+                    x, mask, position_bias, encoder_hidden_states, encoder_mask, deterministic, decode
+                )
         return self.dropout(self.final_layer_norm(x), deterministic=deterministic)
+
+
+    def _scanned_positions(self, query_length: int, decode: bool) -> tuple[Array, Array]:
+        """Query and key positions (int [q], [k]) of a scanned stack's position bias. While decoding,
+        the stack keeps them in its own "cache" entries (the blocks' cache indices are stacked inside
+        the scan), created, like the blocks' caches, by the call that sizes the cache (`init_cache`)."""
+        queries = jnp.arange(query_length)
+        if not decode:
+            return queries, queries
+        if not self.has_variable("cache", "key_positions"):
+            self.put_variable("cache", "key_positions", queries)
+            self.put_variable("cache", "position_index", jnp.array(0, jnp.int32))
+            return queries, queries
+        index = self.get_variable("cache", "position_index")
+        self.put_variable("cache", "position_index", index + query_length)
+        return queries + index, self.get_variable("cache", "key_positions")
 
 
 class T5ForConditionalGeneration(nn.Module):
@@ -675,7 +697,7 @@ def scanned_layers(config: T5Config) -> tuple[ScannedLayers, ...]:
     if not config.scan_layers:
         return ()
     depths = (("encoder", config.num_layers), ("decoder", config.num_decoder_layers))
-    return tuple(ScannedLayers((stack,), "block_", 1, depth - 1, SCANNED_BLOCKS) for stack, depth in depths if depth > 1)
+    return tuple(ScannedLayers((stack,), "block_", 0, depth, SCANNED_BLOCKS, kept=(RELATIVE_TABLE,)) for stack, depth in depths)
 
 
 @functools.lru_cache(maxsize=32)
