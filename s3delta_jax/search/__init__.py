@@ -20,7 +20,9 @@ argument, `loss_fn(apply_fn, params, batch, dropout_key, extra)`. Re-train the c
 
 A model that runs its repeated layers under `nn.scan` (stacked params) is searched with
 `s3.Searcher(..., scans=[s3.ScannedLayers(...)])` and `params = s3.stack_layers(params, scans)`;
-candidates, delta and structures keep the unscanned paths (T5: `t5.scanned_layers(config)`).
+its states hold delta stacked the same way (`searcher.unscanned(state)` gives the candidates' own
+paths, `searcher.scanned` takes them back); candidates and structures keep the unscanned paths
+(T5: `t5.scanned_layers(config)`).
 """
 
 from s3delta_jax.deltas import (

@@ -19,6 +19,7 @@ and part of the virtual step), never gated, never selected. `state.extra` holds 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -36,6 +37,8 @@ from s3delta_jax.search.step import (
     expected_probabilities,
     init_search_state,
     make_search_step,
+    stack_state,
+    unstack_state,
 )
 
 
@@ -57,8 +60,10 @@ class Searcher:
         partitioner's shardings (default: `jax.jit`).
       scans: the layers `model_apply` runs under nn.scan (e.g. `t5.scanned_layers(config)` of a T5
         with `scan_layers=True`), so that a deep model compiles one layer body; `params` must then
-        be in the stacked layout (`deltas.scan.stack_layers`). Candidates, delta and checkpoints keep
-        the unscanned paths; every scanned layer must hold the same candidates.
+        be in the stacked layout (`deltas.scan.stack_layers`), and the states of `init` and `step`
+        hold delta and Adam's moments stacked the same way: `unscanned(state)` gives the candidates'
+        own paths (for checkpoints, evaluation and inspection), `scanned` takes it back. Candidates
+        and structures keep the unscanned paths; every scanned layer must hold the same candidates.
     """
 
     model_apply: Callable[..., Any]
@@ -81,21 +86,33 @@ class Searcher:
             self.loss_fn, self.model_apply, self.candidates, self.sizes, self.budget, self.settings,
             self.delta_optimizer, self.alpha_optimizer, delta_schedule, self.scans,
         ))
+        self._stack = jax.jit(functools.partial(stack_state, scans=self.scans))
+        self._unstack = jax.jit(functools.partial(unstack_state, scans=self.scans))
 
     def init(self, rng: jax.Array, extra: Any = None) -> SearchState:
         """Fresh delta weights (reference initialisations), alpha = 0, optimizer states; `extra`: the
         always-trained parameters, if any (see the module docstring)."""
         init_key, state_key = jax.random.split(rng)
         delta = init_delta(init_key, self.candidates)
-        return init_search_state(delta, len(self.candidates), self.delta_optimizer, self.alpha_optimizer, state_key,
-                                 extra=extra)
+        return self.scanned(init_search_state(delta, len(self.candidates), self.delta_optimizer, self.alpha_optimizer,
+                                              state_key, extra=extra))
+
+    def scanned(self, state: SearchState) -> SearchState:
+        """A state in the unscanned layout (a checkpoint's) in the layout `step` takes: with `scans`, its
+        delta and Adam's moments stacked per scan; without, `state` itself."""
+        return self._stack(state) if self.scans else state
+
+    def unscanned(self, state: SearchState) -> SearchState:
+        """The inverse of `scanned`: every delta leaf at its candidate's own path."""
+        return self._unstack(state) if self.scans else state
 
     def probabilities(self, alpha: jax.Array) -> jax.Array:
         """p f32[N] of alpha f32[N] (`state.alpha`): the gate probabilities at the budget."""
         return expected_probabilities(alpha, self.sizes, self.budget, self.settings)
 
     def apply_with_expected_gates(self, delta: Any, alpha: jax.Array) -> Callable[..., Any]:
-        """`model.apply` with every candidate gated by p (the search's evaluation, z = p)."""
+        """`model.apply` with every candidate gated by p (the search's evaluation, z = p); `delta` in the
+        unscanned layout (`unscanned(state).delta`)."""
         return with_deltas(self.model_apply, self.candidates, delta, self.probabilities(alpha), self.scans)
 
     def select(self, alpha: jax.Array, strategy: str = "greedy", seed: int | None = None) -> list[Candidate]:

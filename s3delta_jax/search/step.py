@@ -188,7 +188,9 @@ def make_search_step(
       delta_optimizer / alpha_optimizer: optax optimizers (clipping is applied here, not in them).
       delta_lr_schedule: the delta learning rate by step; xi of the hypergradient.
       scans: the layers `model_apply` runs under nn.scan (`params` in their stacked layout; see
-        `deltas.inject.with_deltas`); the state's delta keeps the unscanned layout.
+        `deltas.inject.with_deltas`); the state's delta and Adam's moments are then stacked too
+        (`stack_state`), so the optimizer, clipping and the virtual step compile one set of
+        operations per slot at any depth.
     """
     sizes = jnp.asarray(sizes, jnp.float32)
 
@@ -214,15 +216,6 @@ def make_search_step(
         return sample
 
     def step(state: SearchState, params: Any, batch_delta: Any, batch_alpha: Any):
-        if not scans:
-            return layout_step(state, params, batch_delta, batch_alpha)
-        # In the scanned layout the delta of N layers is one array per slot: the optimizer, clipping and
-        # the virtual step then compile as many operations at any depth.
-        stacked = relayout(state, lambda delta: stack_layers(delta, scans, "delta pytree"))
-        new_state, metrics = layout_step(stacked, params, batch_delta, batch_alpha)
-        return relayout(new_state, lambda delta: unstack_layers(delta, scans)), metrics
-
-    def layout_step(state: SearchState, params: Any, batch_delta: Any, batch_alpha: Any):
         rng, sample_key, resample_key, delta_dropout_key, *hyper_keys = jax.random.split(state.rng, 8)
         xi = delta_lr_schedule(state.step)
 
@@ -301,7 +294,18 @@ def make_search_step(
     return step
 
 
-def relayout(state: SearchState, convert: Callable[[Any], Any]) -> SearchState:
+def stack_state(state: SearchState, scans: Sequence[ScannedLayers]) -> SearchState:
+    """`state` (delta in the unscanned layout, as checkpoints hold it) in the layout a scanned search
+    step takes: its delta and Adam's moments stacked per scan (`deltas.scan.stack_layers`)."""
+    return _relayout(state, lambda delta: stack_layers(delta, scans, "delta pytree"))
+
+
+def unstack_state(state: SearchState, scans: Sequence[ScannedLayers]) -> SearchState:
+    """The inverse of `stack_state`: the state with the unscanned paths of the candidates."""
+    return _relayout(state, lambda delta: unstack_layers(delta, scans))
+
+
+def _relayout(state: SearchState, convert: Callable[[Any], Any]) -> SearchState:
     """`state` with `convert` applied to its delta and to each part of the delta optimizer's state that
     is shaped like the inner weights (Adam's moments); `extra` and counters are left as they are."""
     has_extra = state.extra is not None

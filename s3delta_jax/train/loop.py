@@ -47,6 +47,8 @@ class Phase:
         the same lengths (`data.next_aligned_batches`).
       evaluate: `state -> {metric: value}` on the validation split (primary metric first).
       best_payload: `state -> pytree` kept as the best checkpoint.
+      to_checkpoint / from_checkpoint: the state as checkpoints hold it, and back (a scanned
+        search's state is stacked in the loop, unscanned on disk); identity by default.
     """
 
     name: str
@@ -57,6 +59,8 @@ class Phase:
     loaders: list[TrainBatches]
     evaluate: Callable[[Any], dict[str, float]]
     best_payload: Callable[[Any], Any]
+    to_checkpoint: Callable[[Any], Any] = lambda state: state
+    from_checkpoint: Callable[[Any], Any] = lambda state: state
 
 
 @dataclasses.dataclass
@@ -124,9 +128,9 @@ def _run(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: st
         if writer:
             progress.message(text)
 
-    resumed = checkpoints.resume(state)
+    resumed = checkpoints.resume(phase.to_checkpoint(state))
     if resumed is not None:
-        state, meta, resumed_from = resumed.state, resumed.meta, resumed.path
+        state, meta, resumed_from = phase.from_checkpoint(resumed.state), resumed.meta, resumed.path
         start_step = int(meta["step"])
         checkpoints.discard_best_after(start_step)
         best = {**meta["best"], "score": -math.inf if meta["best"]["score"] is None else float(meta["best"]["score"])}
@@ -170,13 +174,14 @@ def _run(phase: Phase, state: Any, checkpoints: RunCheckpoints, metrics_path: st
             score = next(iter(scores.values()))
             if score >= best["score"]:
                 best = {"score": score, "step": step, "metrics": scores}
-                checkpoints.save_best(step, phase.best_payload(state), meta(step), train_state=state)
+                checkpoints.save_best(step, phase.best_payload(state), meta(step),
+                                      train_state=phase.to_checkpoint(state))
         stopping = stop.seen(at_boundary=step % checkpoint_every == 0 or step % phase.eval_every == 0 or last)
         if step % checkpoint_every == 0 or last or stopping is not None:
             if pending is not None:
                 emit(*pending)
                 pending = None
-            checkpoints.save_latest(step, state, meta(step))
+            checkpoints.save_latest(step, phase.to_checkpoint(state), meta(step))
             saved_step = step
         if stopping is not None:
             _stop(step, stopping, checkpoints, say)

@@ -93,6 +93,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
         return evaluator(params, variables, data.examples[split], data.encoded[split])
 
     def variables_of(state):
+        state = searcher.unscanned(state)
         return {"delta": state.delta, "alpha": state.alpha, "extra": state.extra}
 
     loaders = [
@@ -108,6 +109,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
         loaders=loaders,
         evaluate=lambda s: evaluate_split(variables_of(s), "validation")[0],
         best_payload=variables_of,
+        to_checkpoint=searcher.unscanned,
+        from_checkpoint=searcher.scanned,
     )
     result = run_phase(phase, state, checkpoints, os.path.join(workdir, "metrics.jsonl"), writer)
 

@@ -134,8 +134,9 @@ def test_scanned_cached_decoding_matches_the_unrolled_full_decode(setup):
 
 def test_a_scanned_search_step_matches_the_unrolled_one(setup):
     """The exact second-order step (a jax.linearize through the scan, each block rematerialised with
-    the 'dots' policy, delta and Adam's moments stacked inside the step) from the same state and
-    batches, and a state in the unscanned layout, as checkpoints hold it."""
+    the 'dots' policy, delta and Adam's moments stacked in the state) from the same state and
+    batches; `unscanned` gives the state in the unscanned layout, as checkpoints hold it, and
+    `scanned` takes it back."""
     params, positions, _, batch = setup
     candidates = expand([[s3.Rule(r"SelfAttention/(q|v)$", ("linear",), "lora")]], positions).candidates
     labels = jnp.tile(jnp.array([[7, 9, 1]], jnp.int32), (2, 1))
@@ -152,11 +153,15 @@ def test_a_scanned_search_step_matches_the_unrolled_one(setup):
         searcher = s3.Searcher(t5.T5ForConditionalGeneration(config).apply, candidates, loss_fn, budget=300,
                                total_steps=10, settings=s3.SearchSettings(estimator="second_order_exact"),
                                learning_rate=1e-2, scans=scans)
-        state = searcher.init(jax.random.PRNGKey(0))
-        return searcher.step(state, params, *batches)[0]
+        state = searcher.step(searcher.init(jax.random.PRNGKey(0)), params, *batches)[0]
+        unscanned = searcher.unscanned(state)
+        assert jax.tree.structure(searcher.scanned(unscanned)) == jax.tree.structure(state)
+        return state, unscanned
 
-    want = one_step(CONFIG, (), params)
-    got = one_step(dataclasses.replace(SCANNED, remat="dots"), SCANS, stack_layers(params, SCANS, "params"))
+    _, want = one_step(CONFIG, (), params)
+    stacked, got = one_step(dataclasses.replace(SCANNED, remat="dots"), SCANS, stack_layers(params, SCANS, "params"))
+    assert stacked.delta["decoder"]["block_scan"]["layer_0"]["SelfAttention"]["q"]["lora"]["A"].shape[0] == 4
+    assert jax.tree.structure(stacked.delta_opt_state[0].mu) == jax.tree.structure(stacked.delta)  # Adam's moments
     assert float(np.abs(want.alpha).max()) > 1e-3
     assert jax.tree.structure(got) == jax.tree.structure(want)
     np.testing.assert_allclose(got.alpha, want.alpha, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,6 @@
 """run_search with search.scan_layers and search.remat (in-process, a few steps of the smoke config):
 params placed stacked, the scanned step, evaluation by generation through the scanned decode cache,
-and outputs in the unscanned layout."""
+outputs and checkpoints in the unscanned layout, and a resume from them."""
 
 from __future__ import annotations
 
@@ -30,3 +30,10 @@ def test_a_scanned_rematerialised_search_runs_evaluates_and_writes_unscanned_out
     assert not any("block_scan" in path for path in paths)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if any(key.startswith("val_") for key in m)] == [2, 4]
+
+    saved = (tmp_path / "checkpoints" / "latest" / "4" / "state" / "_METADATA").read_text()
+    assert "block_1" in saved and "block_scan" not in saved  # the state on disk keeps the candidates' paths
+    structure = (tmp_path / "structure.json").read_text()
+    run_search(config, str(tmp_path))  # resumes from the last checkpoint: nothing left to run
+    assert json.loads((tmp_path / "results.json").read_text())["resumed_from_step"] == 4
+    assert (tmp_path / "structure.json").read_text() == structure
