@@ -93,7 +93,8 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     """The union of two nested dicts (subtrees present in both are merged)."""
     out = dict(a)
     for key, value in b.items():
-        out[key] = _merge(out[key], value) if isinstance(out.get(key), Mapping) and isinstance(value, Mapping) else value
+        both = isinstance(out.get(key), Mapping) and isinstance(value, Mapping)
+        out[key] = _merge(out[key], value) if both else value
     return out
 
 

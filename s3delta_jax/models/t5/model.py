@@ -592,7 +592,6 @@ class T5Stack(nn.Module):
                 )
         return self.dropout(self.final_layer_norm(x), deterministic=deterministic)
 
-
     def _scanned_positions(self, query_length: int, decode: bool) -> tuple[Array, Array]:
         """Query and key positions (int [q], [k]) of a scanned stack's position bias. While decoding,
         the stack keeps them in its own "cache" entries (the blocks' cache indices are stacked inside
@@ -697,7 +696,8 @@ def scanned_layers(config: T5Config) -> tuple[ScannedLayers, ...]:
     if not config.scan_layers:
         return ()
     depths = (("encoder", config.num_layers), ("decoder", config.num_decoder_layers))
-    return tuple(ScannedLayers((stack,), "block_", 0, depth, SCANNED_BLOCKS, kept=(RELATIVE_TABLE,)) for stack, depth in depths)
+    return tuple(ScannedLayers((stack,), "block_", 0, depth, SCANNED_BLOCKS, kept=(RELATIVE_TABLE,))
+                 for stack, depth in depths)
 
 
 @functools.lru_cache(maxsize=32)
