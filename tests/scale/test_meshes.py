@@ -1,5 +1,6 @@
-"""The smoke search on meshes of 8 fake CPU devices: the same losses and gates as one device, backbone
-weights really split over the devices, and a checkpoint written on one mesh resumed on another. And
+"""The smoke search on meshes of 8 fake CPU devices: the same losses and gates as one device (scanned
+and rematerialised too), backbone weights really split over the devices, and a checkpoint written on
+one mesh resumed on another. And
 two processes on this machine (jax.distributed over localhost, CPU collectives over gloo), one device
 each, each loading half of every batch: the same search as one process on one device.
 
@@ -26,6 +27,7 @@ MESHES = {
     "model8": {"mesh.data": 1, "mesh.model": 8},
 }
 FSDP_MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2}  # only the backbone is placed on it
+SCANNED = {"search.scan_layers": True, "search.remat": "full"}
 ENCODER_MESH = {"mesh.data": 2, "mesh.model": 4}
 
 _SMOKE = mrpc.get_config("smoke").model.config_overrides
@@ -35,10 +37,12 @@ HK = _SMOKE.num_heads * _SMOKE.d_kv
 
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory, subprocess_env, reference_run):
-    """One process with 8 devices: the three meshes, then 10 steps on data2_model4 resumed to 20 on data8.
-    The one-device reference run (started first) shares the two cores with it."""
+    """One process with 8 devices: the three meshes, the scanned search on data2_model4, then 10 steps on
+    data2_model4 resumed to 20 on data8. The one-device reference run (started first) shares the two
+    cores with it."""
     root = tmp_path_factory.mktemp("meshes")
     runs = [{"workdir": str(root / name), "overrides": {**SMOKE_OVERRIDES, **mesh}} for name, mesh in MESHES.items()]
+    runs.append({"workdir": str(root / "scanned"), "overrides": {**SMOKE_OVERRIDES, **MESHES["data2_model4"], **SCANNED}})
     runs += [{"workdir": str(root / "resumed"), "overrides": {**SMOKE_OVERRIDES, **mesh, "search.max_steps": steps},
               "allow_config_change": ["safe"]}
              for mesh, steps in ((MESHES["data2_model4"], STEPS // 2), (MESHES["data8"], STEPS))]
@@ -69,6 +73,15 @@ def test_losses_and_gates_match_one_device(mesh_runs, reference_run, name):
     reference_run.result()
     np.testing.assert_allclose(losses(root / name), losses(reference_run.workdir), rtol=LOSS_RTOL)
     assert_same_structure(root / name, reference_run.workdir)
+
+
+def test_a_scanned_rematerialised_search_matches_one_device(mesh_runs, reference_run):
+    """Layers under nn.scan with remat on a data x model mesh: params, delta and Adam's moments stacked
+    and placed on the mesh, the same losses and gates as the unscanned search on one device."""
+    root, _ = mesh_runs
+    reference_run.result()
+    np.testing.assert_allclose(losses(root / "scanned"), losses(reference_run.workdir), rtol=LOSS_RTOL)
+    assert_same_structure(root / "scanned", reference_run.workdir)
 
 
 def test_backbone_weights_are_split_over_model_and_fsdp(mesh_runs):
