@@ -1,6 +1,6 @@
 """The smoke search on meshes of 8 fake CPU devices: the same losses and gates as one device (scanned
-and rematerialised too), backbone weights really split over the devices, and a checkpoint written on
-one mesh resumed on another. And
+and rematerialised too, with outputs and checkpoints in the unscanned layout), backbone weights really
+split over the devices, and a scanned search's checkpoint written on one mesh resumed on another. And
 two processes on this machine (jax.distributed over localhost, CPU collectives over gloo), one device
 each, each loading half of every batch: the same search as one process on one device.
 
@@ -24,9 +24,9 @@ from scale_runs import (
 MESHES = {
     "data8": {"mesh.data": 8},
     "data2_model4": {"mesh.data": 2, "mesh.model": 4},
-    "model8": {"mesh.data": 1, "mesh.model": 8},
 }
-FSDP_MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2}  # only the backbone is placed on it
+# Meshes on which only the backbone is placed (the search's sharded passes are those of the meshes above).
+PLACEMENTS = [{"mesh.data": 1, "mesh.model": 8}, {"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2}]
 SCANNED = {"search.scan_layers": True, "search.remat": "full"}
 ENCODER_MESH = {"mesh.data": 2, "mesh.model": 4}
 
@@ -37,17 +37,18 @@ HK = _SMOKE.num_heads * _SMOKE.d_kv
 
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory, subprocess_env, reference_run):
-    """One process with 8 devices: the three meshes, the scanned search on data2_model4, then 10 steps on
-    data2_model4 resumed to 20 on data8. The one-device reference run (started first) shares the two
-    cores with it."""
+    """One process with 8 devices: the two meshes, the scanned search on data2_model4, then the scanned
+    search's 10 steps on data2_model4 resumed to 20 on data8. The one-device reference run (started
+    first) shares the two cores with it."""
     root = tmp_path_factory.mktemp("meshes")
     runs = [{"workdir": str(root / name), "overrides": {**SMOKE_OVERRIDES, **mesh}} for name, mesh in MESHES.items()]
     runs.append({"workdir": str(root / "scanned"), "overrides": {**SMOKE_OVERRIDES, **MESHES["data2_model4"], **SCANNED}})
-    runs += [{"workdir": str(root / "resumed"), "overrides": {**SMOKE_OVERRIDES, **mesh, "search.max_steps": steps},
+    runs += [{"workdir": str(root / "resumed"),
+              "overrides": {**SMOKE_OVERRIDES, **mesh, **SCANNED, "search.max_steps": steps},
               "allow_config_change": ["safe"]}
              for mesh, steps in ((MESHES["data2_model4"], STEPS // 2), (MESHES["data8"], STEPS))]
     runs.append({"workdir": str(root / "encoder"), "overrides": ENCODER_MESH, "encoder": True})
-    job = start_driver({"runs": runs, "placements": [FSDP_MESH]}, device_env(subprocess_env, 8), root / "log")
+    job = start_driver({"runs": runs, "placements": PLACEMENTS}, device_env(subprocess_env, 8), root / "log")
     return root, driver_records(job)
 
 
@@ -77,11 +78,18 @@ def test_losses_and_gates_match_one_device(mesh_runs, reference_run, name):
 
 def test_a_scanned_rematerialised_search_matches_one_device(mesh_runs, reference_run):
     """Layers under nn.scan with remat on a data x model mesh: params, delta and Adam's moments stacked
-    and placed on the mesh, the same losses and gates as the unscanned search on one device."""
+    and placed on the mesh, the same losses and gates as the unscanned search on one device; gates.tsv
+    and the checkpoint keep the candidates' own (unscanned) paths."""
     root, _ = mesh_runs
+    scanned = root / "scanned"
     reference_run.result()
-    np.testing.assert_allclose(losses(root / "scanned"), losses(reference_run.workdir), rtol=LOSS_RTOL)
-    assert_same_structure(root / "scanned", reference_run.workdir)
+    np.testing.assert_allclose(losses(scanned), losses(reference_run.workdir), rtol=LOSS_RTOL)
+    assert_same_structure(scanned, reference_run.workdir)
+    paths = {row.split("\t")[1] for row in (scanned / "gates.tsv").read_text().splitlines()[1:]}
+    assert {"encoder/block_1/layer_0/SelfAttention/q", "decoder/block_1/layer_2/DenseReluDense/wo"} <= paths
+    assert not any("block_scan" in path for path in paths)
+    saved = (scanned / "checkpoints" / "latest" / str(STEPS) / "state" / "_METADATA").read_text()
+    assert "block_1" in saved and "block_scan" not in saved
 
 
 def test_backbone_weights_are_split_over_model_and_fsdp(mesh_runs):
@@ -89,7 +97,7 @@ def test_backbone_weights_are_split_over_model_and_fsdp(mesh_runs):
     fsdp; the vocabulary (259 rows) and the 4 heads do not divide 4 or 8 devices, so they stay whole."""
     _, records = mesh_runs
     by_mesh = {json.dumps(r["mesh"]): r for r in records if "mesh" in r}  # the encoder run reports none
-    expected = {
+    expected = {  # the first two: search runs, the others: placements only
         (8, 1, 1): ({EMBEDDING: [V, D], Q: [D, HK], WI: [D, F]}, ["model", "fsdp"]),  # size-1 axes
         (2, 1, 4): ({EMBEDDING: [V, D], Q: [D, HK // 4], WI: [D, F // 4]}, [None, "fsdp"]),
         (1, 1, 8): ({EMBEDDING: [V, D], Q: [D, HK // 8], WI: [D, F // 8]}, [None, "fsdp"]),
@@ -103,9 +111,11 @@ def test_backbone_weights_are_split_over_model_and_fsdp(mesh_runs):
         assert record["weights"][WI]["spec"] == ["fsdp", "model"]
 
 
-def test_checkpoint_from_one_mesh_resumes_on_another(mesh_runs):
+def test_a_scanned_checkpoint_from_one_mesh_resumes_on_another(mesh_runs):
+    """The stacked state saved unscanned on data2_model4 at step 10, restacked and placed on data8: the
+    rest of the run is the uninterrupted scanned search's."""
     root, records = mesh_runs
-    resumed, uninterrupted = root / "resumed", root / "data8"
+    resumed, uninterrupted = root / "resumed", root / "scanned"
     assert [r["mesh"]["model"] for r in records if r.get("workdir") == str(resumed)] == [4, 1]
     results = json.loads((resumed / "results.json").read_text())
     assert results["resumed_from_step"] == STEPS // 2 and results["devices"]["mesh"]["data"] == 8
