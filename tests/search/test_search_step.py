@@ -227,3 +227,35 @@ def test_shared_hessian_dropout_changes_the_step_only_through_the_mask(setup, dr
     else:  # the Hessian term's mask differs (measured: 1.2e-3 of the hypergradient's norm)
         assert difference > 1e-4
         assert not np.array_equal(run("shared", every=2)[0], shared)
+
+
+def test_tau_acts_as_the_alpha_learning_rate():
+    """p = sigmoid((alpha - zeta) / tau) with alpha = 0 at the start and Adam's scale-free steps: tau t
+    with alpha learning rate r searches exactly as tau 1 with rate r / t (alpha scaled by t), as long as
+    the tau-1 search's alpha gradient norm stays below clip_norm * t (the tau-t search's, 1 / t times
+    larger, is never clipped) and far above Adam's epsilon. SPACE without its bias on k, whose gradient
+    is float noise (softmax ignores a shift shared by all keys) that Adam would blow up to full steps."""
+    params = t5.init_params(CONFIG, jax.random.PRNGKey(0))
+    ids = jax.ShapeDtypeStruct((1, 6), jnp.int32)
+    space = [[SPACE[0][0], s3.Rule(r"encoder/block_0/layer_0/SelfAttention/q$", ("linear",), "bitfit")]]
+    candidates = s3.expand(space, s3.discover_positions(MODEL, ids, ids, ids, deterministic=True)).candidates
+
+    def run(tau, alpha_learning_rate):
+        searcher = s3.Searcher(MODEL.apply, candidates, loss_fn, budget=CONFIG.d_model, total_steps=100,
+                               settings=s3.SearchSettings(estimator="first_order", tau=tau), learning_rate=1e-2,
+                               alpha_learning_rate=alpha_learning_rate)
+        state, norms = searcher.init(jax.random.PRNGKey(0)), []
+        for i in range(5):
+            state, metrics = searcher.step(state, params, batch(2 * i), batch(2 * i + 1))
+            norms.append(float(metrics["grad_norm_alpha"]))
+        return state, np.asarray(searcher.probabilities(state.alpha)), max(norms)
+
+    cold, cold_p, _ = run(tau=0.5, alpha_learning_rate=0.05)
+    plain, plain_p, plain_norm = run(tau=1.0, alpha_learning_rate=0.1)
+    _, slower_p, _ = run(tau=1.0, alpha_learning_rate=0.05)
+    assert 1e-4 < plain_norm < s3.SearchSettings().clip_norm * 0.5
+    np.testing.assert_allclose(np.asarray(cold.alpha) / 0.5, np.asarray(plain.alpha), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cold_p, plain_p, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(cold.delta), jax.tree.leaves(plain.delta)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert np.abs(slower_p - plain_p).max() > 1e-3  # the rate alone does change p
