@@ -52,11 +52,12 @@ def summary_table(rows: Sequence[dict], metrics: Sequence[str], backbone_params:
 
 
 def differences_table(rows: Sequence[dict], metrics: Sequence[str]) -> str:
-    columns = [f"{SPLIT_LABELS[s]} {m}" for s in SPLITS for m in metrics]
+    columns = [f"{SPLIT_LABELS[s]} {m}" for s in SPLITS for m in metrics] + [f"val {metrics[0]}"]
     lines = ["| budget | searched minus | " + " | ".join(columns) + f" | test {metrics[0]} per seed |",
              "|---" * (3 + len(columns)) + "|"]
     for row in rows:
         cells = [difference_text(row[s] and row[s][m]) for s in SPLITS for m in metrics]
+        cells.append(difference_text(row["val"] and row["val"][metrics[0]]))
         per_seed = ", ".join(f"{d:+.2f}" for d in row["test"][metrics[0]]["per_seed"]) if row["test"] else "n/a"
         lines.append(f"| {budget_text(row['budget'])} | {label(row['versus'])} | " + " | ".join(cells)
                      + f" | {per_seed} |")

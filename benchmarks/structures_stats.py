@@ -77,7 +77,8 @@ def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
 
 def differences(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     """Searched minus each other method, per budget: the random structure and AdaLoRA of the same
-    budget, and every structure without a budget (manual ones, the LoRA peer), paired over seeds."""
+    budget, and every structure without a budget (manual ones, the LoRA peer), paired over seeds; on
+    the test splits and on validation (the split that choices of the search's settings may look at)."""
     rows = []
     budgets = list(dict.fromkeys(r["budget"] for r in records if r["method"] == SEARCHED))
     for budget in budgets:
@@ -87,7 +88,7 @@ def differences(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
         for method, other_budget in others:
             other = group(records, method, other_budget)
             row = {"budget": budget, "versus": method, "versus_budget": other_budget}
-            for split in SPLITS:
+            for split in ("val", *SPLITS):
                 row[split] = {m: paired_difference(by_seed(searched, split, m), by_seed(other, split, m))
                               for m in metrics} if _share_a_seed(searched, other, split) else None
             rows.append(row)

@@ -95,7 +95,7 @@ def test_differences_are_the_per_seed_subtraction_with_a_t_interval(evidence):
     assert {(row["budget"], row["versus"]) for row in report["differences"]} == {(b, m) for b in BUDGETS for m in versus}
     t_975_df1 = math.tan(math.pi * (0.975 - 0.5))  # Student t with 1 degree of freedom is Cauchy
     for row in report["differences"]:
-        for split in ("test", "full_test"):
+        for split in ("val", "test", "full_test"):
             for metric, cell in row[split].items():
                 searched = [records[("searched", s, row["budget"])][split][metric] for s in SEEDS]
                 other = [records[(row["versus"], s, row["versus_budget"])][split][metric] for s in SEEDS]
