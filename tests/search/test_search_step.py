@@ -229,13 +229,13 @@ def test_shared_hessian_dropout_changes_the_step_only_through_the_mask(setup, dr
         assert not np.array_equal(run("shared", every=2)[0], shared)
 
 
-def test_tau_acts_as_the_alpha_learning_rate():
+def test_tau_acts_as_the_alpha_learning_rate(setup):
     """p = sigmoid((alpha - zeta) / tau) with alpha = 0 at the start and Adam's scale-free steps: tau t
     with alpha learning rate r searches exactly as tau 1 with rate r / t (alpha scaled by t), as long as
     the tau-1 search's alpha gradient norm stays below clip_norm * t (the tau-t search's, 1 / t times
     larger, is never clipped) and far above Adam's epsilon. SPACE without its bias on k, whose gradient
     is float noise (softmax ignores a shift shared by all keys) that Adam would blow up to full steps."""
-    params = t5.init_params(CONFIG, jax.random.PRNGKey(0))
+    params, _ = setup
     ids = jax.ShapeDtypeStruct((1, 6), jnp.int32)
     space = [[SPACE[0][0], s3.Rule(r"encoder/block_0/layer_0/SelfAttention/q$", ("linear",), "bitfit")]]
     candidates = s3.expand(space, s3.discover_positions(MODEL, ids, ids, ids, deterministic=True)).candidates
