@@ -58,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     expected = Path(args.workdir, "test_predictions.txt").read_text().split()
-    encoded = load_task_data(config.data, load_backbone(config.model), config.seed,
-                             with_search_halves=False).encoded["test"]
+    encoded = load_task_data(config.data, load_backbone(config.model), config.seed).encoded["test"]
     batches = [{name: torch.from_numpy(array) for name, array in padded(encoded, slice(start, start + BATCH_ROWS)).items()}
                for start in range(0, len(encoded.source_ids), BATCH_ROWS)]
     logits, differing = {}, []

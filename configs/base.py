@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
             gate_mode="global",  # or local, l0 (ablations)
             l0_weight=0.0,
             alpha_learning_rate=0.1,
+            data_split="halves",  # D_delta / D_alpha: disjoint halves of train (paper); "shared": all of it each
             selection="greedy",  # or knapsack, random
             scan_layers=False,  # T5: every block under nn.scan, one compiled block body at any depth
             remat="none",  # T5: "full" / "dots" recompute each block in the backward pass (less memory)

@@ -24,12 +24,13 @@ from s3delta_jax.data.pipeline import (
 )
 from s3delta_jax.data.registry import get_task, task_names
 from s3delta_jax.data.sources import load_split, require_hub
-from s3delta_jax.data.splits import Splits, paper_splits, search_halves
+from s3delta_jax.data.splits import SEARCH_DATA_SPLITS, Splits, paper_splits, search_halves, search_rows
 from s3delta_jax.data.synthetic import make_synthetic_task
 from s3delta_jax.data.tasks import Example, Task
 
 __all__ = [
-    "DataFormatError", "EncodedExamples", "EvalBatch", "Example", "FIXES", "Splits", "Task", "TrainBatches",
+    "DataFormatError", "EncodedExamples", "SEARCH_DATA_SPLITS", "EvalBatch", "Example", "FIXES", "Splits", "Task", "TrainBatches",
     "bucket_lengths", "compute_metrics", "encode_examples", "eval_batches", "get_task", "load_split",
-    "make_synthetic_task", "next_aligned_batches", "paper_splits", "primary_metric", "require_hub", "search_halves", "task_names",
+    "make_synthetic_task", "next_aligned_batches", "paper_splits", "primary_metric", "require_hub", "search_halves", "search_rows",
+    "task_names",
 ]

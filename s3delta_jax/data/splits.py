@@ -5,7 +5,7 @@
   * "large" tasks: the train split is permuted, its first 2,000 rows become validation, the rest
     train; test = the original validation split (MNLI: validation_matched).
   * The search's D_delta / D_alpha are equal random halves of the train split (one row dropped when
-    the count is odd).
+    the count is odd), or, with `search_rows(..., "shared")` (not the paper's), the whole train split each.
 
 Permutations come from numpy's Generator(PCG64(seed)) (the reference's torch.randperm cannot be
 reproduced bit for bit; the counts and the rules are the same). The halves use the independent
@@ -26,6 +26,9 @@ from s3delta_jax.data.tasks import Task
 
 LARGE_TASK_VALIDATION_SIZE = 2000
 _HALVES_STREAM = 1
+# The search's data: "halves" = disjoint D_delta / D_alpha (the paper's); "shared" = both levels read the
+# whole train split (their loaders shuffle it with different seeds, so a step's two batches differ).
+SEARCH_DATA_SPLITS = ("halves", "shared")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,15 @@ def search_halves(train_rows: Sequence[Any], seed: int) -> tuple[list[Any], list
     order = rng.permutation(len(train_rows))
     half = len(train_rows) // 2
     return _take(train_rows, order[:half]), _take(train_rows, order[half: 2 * half])
+
+
+def search_rows(train_rows: Sequence[Any], seed: int, data_split: str) -> tuple[list[Any], list[Any]]:
+    """(D_delta, D_alpha) of the search as `data_split` (one of SEARCH_DATA_SPLITS) says."""
+    if data_split == "halves":
+        return search_halves(train_rows, seed)
+    if data_split == "shared":
+        return list(train_rows), list(train_rows)
+    raise ValueError(f"unknown search data split {data_split!r}: use one of {', '.join(SEARCH_DATA_SPLITS)}")
 
 
 def permutation(n: int, seed: int) -> np.ndarray:

@@ -176,6 +176,7 @@ FIELD_RULES: dict[str, Rule] = {
     "search.gate_mode": choice("s3delta_jax.search.gates:GATE_MODES"),
     "search.l0_weight": number(minimum=0.0),
     "search.alpha_learning_rate": number(positive=True),
+    "search.data_split": choice("s3delta_jax.data.splits:SEARCH_DATA_SPLITS"),
     "search.selection": choice("s3delta_jax.search.select:STRATEGIES"),
     "search.scan_layers": boolean,
     "search.remat": choice("s3delta_jax.models.t5.model:REMAT_POLICIES"),  # T5's; other families: "none" only

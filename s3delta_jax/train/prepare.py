@@ -89,17 +89,18 @@ class TaskData:
 
 
 def load_task_data(data_config: ml_collections.ConfigDict, backbone: Backbone, seed: int,
-                   with_search_halves: bool) -> TaskData:
+                   search_data: str | None = None) -> TaskData:
     """Reads the task's train/validation rows, splits them as the paper does and encodes every split.
 
-    Splits: 'train', 'validation', 'test', and with `with_search_halves` 'delta' and 'alpha'.
+    Splits: 'train', 'validation', 'test', and with `search_data` (a `data.SEARCH_DATA_SPLITS` name,
+    the config's `search.data_split`) the search's 'delta' and 'alpha'.
     """
     task = data_lib.get_task(data_config.task, data_config.fix_reference_bugs)
     rows = {split: data_lib.load_split(task, split, data_config.path or None) for split in ("train", "validation")}
     splits = data_lib.paper_splits(task, rows["train"], rows["validation"], seed)
     split_rows = {"train": splits.train, "validation": splits.validation, "test": splits.test}
-    if with_search_halves:
-        split_rows["delta"], split_rows["alpha"] = data_lib.search_halves(splits.train, seed)
+    if search_data is not None:
+        split_rows["delta"], split_rows["alpha"] = data_lib.search_rows(splits.train, seed, search_data)
     examples = {split: task.examples(r) for split, r in split_rows.items()}
     max_length = data_config.max_source_length or None
     encoded = {split: backbone.encode(task, ex, max_length) for split, ex in examples.items()}

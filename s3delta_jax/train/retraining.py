@@ -51,7 +51,7 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
         structure_sha256 = hashlib.sha256(f.read()).hexdigest()
     run_fingerprint = {**fingerprint, "structure_sha256": structure_sha256}
     check_run(config, workdir, run_fingerprint, allow_config_change)
-    data = load_task_data(config.data, backbone, config.seed, with_search_halves=False)
+    data = load_task_data(config.data, backbone, config.seed)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
     placed = place_backbone(backbone, config.seed, config.mesh)
     partitioner, params = placed.partitioner, placed.params

@@ -39,7 +39,7 @@ SAFE = "safe"
 # Fields added to the config after runs began to record run.json, each with the value that computes
 # what runs recorded without it computed: such a run resumes when the field has that value.
 ADDED_FIELDS = {"search.second_order_every": 1, "search.hessian_dropout": "independent",
-                "search.scan_layers": False, "search.remat": "none"}
+                "search.scan_layers": False, "search.remat": "none", "search.data_split": "halves"}
 SAFE_FIELDS = ("*.eval_batch_size", "*.checkpoint_every", "*.max_steps", "mesh.*", "distributed.*", "retrain_after_search")
 # Fields that differ between the processes of one multi-host run, so they are not part of its identity.
 PER_PROCESS_FIELDS = (("distributed", "process_id"),)

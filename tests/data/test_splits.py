@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s3delta_jax.data import get_task, load_split, paper_splits, search_halves
+from s3delta_jax.data import get_task, load_split, paper_splits, search_halves, search_rows
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,11 @@ def test_small_task_with_odd_validation_gives_the_extra_row_to_test():
     task = get_task("superglue-rte")
     splits = paper_splits(task, [{}] * 2490, [{"idx": i} for i in range(277)], seed=0)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (2490, 138, 139)  # the doc's RTE counts
+
+
+def test_search_rows_are_the_halves_or_the_whole_split_for_both_levels():
+    rows = list(range(11))
+    assert search_rows(rows, 3, "halves") == search_halves(rows, 3)
+    assert search_rows(rows, 3, "shared") == (rows, rows)
+    with pytest.raises(ValueError, match="halves, shared"):
+        search_rows(rows, 3, "overlapping")

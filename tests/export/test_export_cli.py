@@ -97,7 +97,7 @@ def test_the_merged_export_of_a_real_workdir_predicts_its_test_predictions(encod
     assert set((encoder_run / "test_predictions.txt").read_text().split()) == {"0", "1"}
 
     config = encoder_config()
-    encoded = load_task_data(config.data, load_backbone(config.model), config.seed, with_search_halves=False).encoded["test"]
+    encoded = load_task_data(config.data, load_backbone(config.model), config.seed).encoded["test"]
     batch = export_predictions.padded(encoded, slice(0, 32))
     _, flax_logits = flax_bert_outputs(load_retrained(str(encoder_run)), batch)
     with torch.no_grad():

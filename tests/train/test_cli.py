@@ -78,6 +78,7 @@ def write_config(tmp_path: Path, text: str) -> str:
     ([f"--config={MRPC}", "--config.search.batch_size", "--workdir=x"], "needs a value"),
     ([f"--config={MRPC}", "--config.search.batch_size=-3"], "search.batch_size=-3: expected an integer >= 1"),
     ([f"--config={MRPC}", "--config.search.estimator=second_order"], "'second_order_fd', 'second_order_exact'"),
+    ([f"--config={MRPC}", "--config.search.data_split=both"], "search.data_split='both': expected one of 'halves', 'shared'"),
     ([f"--config={MRPC}", "--config.model.random_init=maybe"], "expected true or false"),
     ([f"--config={MRPC}", "--config.mesh.data=-1", "--config.mesh.model=-1"], "at most one of them -1"),
     ([f"--config={MRPC}", "--config.search.estimator=first_order", "--config.search.delta_gradient=reuse"],
