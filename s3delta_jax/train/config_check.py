@@ -179,7 +179,7 @@ FIELD_RULES: dict[str, Rule] = {
     "search.data_split": choice("s3delta_jax.data.splits:SEARCH_DATA_SPLITS"),
     "search.selection": choice("s3delta_jax.search.select:STRATEGIES"),
     "search.scan_layers": boolean,
-    "search.remat": choice("s3delta_jax.models.t5.model:REMAT_POLICIES"),  # T5's; other families: "none" only
+    "search.remat": choice("s3delta_jax.models.remat:REMAT_POLICIES"),  # T5 takes all; other families "none" only
     **{field: rule for phase in PHASES for field, rule in _schedule_rules(phase).items()},
     "eval.method": text(nonempty=True),
     "eval.max_decode_length": integer(minimum=1),

@@ -159,3 +159,12 @@ def test_the_search_api_imports_no_model_family():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_checking_a_config_loads_no_model_family():
+    code = ("import sys; from configs import mrpc; from s3delta_jax.train.config_check import validate_config\n"
+            "config = mrpc.get_config('minilm'); config.search.remat = 'full'; validate_config(config)\n"
+            "print([m for m in sys.modules if m.startswith(('s3delta_jax.models.t5', 's3delta_jax.models.bert'))])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

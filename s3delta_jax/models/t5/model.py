@@ -42,6 +42,7 @@ from s3delta_jax.deltas.positions import register_norm
 from s3delta_jax.deltas.scan import ScannedLayers
 from s3delta_jax.errors import UserError
 from s3delta_jax.models.dropout import Dropout
+from s3delta_jax.models.remat import REMAT_POLICIES
 
 Array = jax.Array
 Dtype = Any
@@ -53,15 +54,6 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
     "silu": nn.silu,
-}
-
-
-# Block rematerialisation (jax.checkpoint per block): "full" stores only each block's inputs and
-# recomputes the rest in the backward pass; "dots" also stores the outputs of its weight matmuls.
-REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
