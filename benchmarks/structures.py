@@ -4,10 +4,10 @@
         --seeds 0 1 2 3 4 --out runs/structures --config.data.path=/path/to/MRPC
 
 For one task config (any backbone; `--config.FIELD=VALUE` overrides as in run_search.py), per seed
-and budget: the search (run_search) and its selected structure, a random structure of the same
-budget (select_random, seeded by seed and budget), PEFT AdaLoRA at that budget; per seed: every
-manual structure of the backbone (BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR for BERT) and
-PEFT LoRA r=1 on query/value. Every structure is re-trained with the config's one re-training
+and budget: the search (run_search) and its selected structure, --random-draws random structures of
+the same budget (select_random, seeded by seed, budget and draw; default one; their mean is the
+seed's random score), PEFT AdaLoRA at that budget; per seed: every manual structure of the backbone
+(BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR for BERT) and PEFT LoRA r=1 on query/value. Every structure is re-trained with the config's one re-training
 schedule (run_retrain) in its own workdir under --out, so an interrupted benchmark resumes
 (structures_runs.py); test metrics are those at the best validation evaluation, on the paper's test
 half and on the task's own test file (MRPC: 1,725 labelled rows). The peers (peft_structures.py)
@@ -62,6 +62,13 @@ def parse_budget(text: str) -> float | int:
     return int(value) if value >= 1 else value
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +78,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "budget-free runs, e.g. the LoRA parity check with --manual lora_qv_r1)")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--out", required=True, help="the benchmark's directory (every run's workdir, the report)")
+    parser.add_argument("--random-draws", type=positive_int, default=1,
+                        help="random structures per seed and budget (their mean is paired with the searched one)")
     parser.add_argument("--manual", nargs="*", help="manual structures to re-train (default: all the backbone's baselines)")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                         help="the PEFT LoRA and AdaLoRA peers (default: on where torch, transformers and peft import)")
@@ -163,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unavailable = peers_unavailable(backbone) if args.peers else "--no-peers"
     if args.peers and unavailable:
         print(f"skipping the PEFT peers: {unavailable}", file=sys.stderr)
-    runs = make_plan(args.seeds, args.budgets, manual, peers=unavailable is None)
+    runs = make_plan(args.seeds, args.budgets, manual, peers=unavailable is None, random_draws=args.random_draws)
     os.makedirs(args.out, exist_ok=True)
     runner = Runner(config, args.out, backbone)
     mine = shard(runs, *parse_shard(args.shard)) if args.shard else runs
@@ -171,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.shard:
         return {"executed": executed, "skipped": skipped}
     settings = {"config": args.config, "overrides": [str(o) for o in overrides], "seeds": args.seeds,
-                "budgets": args.budgets, "manual": manual, "peers": unavailable is None, "peers_skipped": unavailable}
+                "budgets": args.budgets, "random_draws": args.random_draws, "manual": manual, "peers": unavailable is None, "peers_skipped": unavailable}
     report = build_report(config, runner, runs, settings)
     report.update(command=" ".join(["python", "benchmarks/structures.py", *rest, *map(str, overrides)]),
                   executed=executed, skipped=skipped, wall_seconds=time.monotonic() - started)

@@ -1,8 +1,8 @@
 """Which runs a structures benchmark makes, and how they are split among parallel processes.
 
-Per seed and budget: the searched structure (search, then re-training) and a random structure of
-the same budget (and, with the peers, PEFT AdaLoRA at that budget); per seed only: each manual
-structure and the PEFT LoRA peer, whose size does not depend on the budget.
+Per seed and budget: the searched structure (search, then re-training) and one or more random
+structures of the same budget (draws 0, 1, ...; and, with the peers, PEFT AdaLoRA at that budget); per
+seed only: each manual structure and the PEFT LoRA peer, whose size does not depend on the budget.
 """
 
 from __future__ import annotations
@@ -15,30 +15,34 @@ from structures_stats import PEFT_ADALORA, PEFT_LORA, RANDOM, SEARCHED
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One re-training (or peer) run: a method on a seed, at a budget (None for budget-free methods)."""
+    """One re-training (or peer) run: a method on a seed, at a budget (None for budget-free methods);
+    `draw` numbers the random structures of one seed and budget."""
 
     method: str
     seed: int
     budget: float | int | None = None
+    draw: int = 0
 
     @property
     def name(self) -> str:
-        """The run's directory name, e.g. searched_seed0_budget0.0002 or bitfit_seed3."""
+        """The run's directory name, e.g. searched_seed0_budget0.0002, random_seed0_budget0.0002_draw2
+        or bitfit_seed3 (draw 0 has no suffix)."""
         suffix = "" if self.budget is None else f"_budget{self.budget:g}"
-        return f"{self.method}_seed{self.seed}{suffix}"
+        return f"{self.method}_seed{self.seed}{suffix}" + (f"_draw{self.draw}" if self.draw else "")
 
 
 def make_plan(seeds: Sequence[int], budgets: Sequence[float | int], manual: Sequence[str],
-              peers: bool) -> list[Run]:
+              peers: bool, random_draws: int = 1) -> list[Run]:
     """Every run, seed by seed: first the budget-free ones (so that a seed's LoRA parity is known
-    early), then per budget the searched, the random and the AdaLoRA run."""
+    early), then per budget the searched run, `random_draws` random structures and the AdaLoRA run."""
     runs = []
     for seed in seeds:
         runs += [Run(name, seed) for name in manual]
         if peers:
             runs.append(Run(PEFT_LORA, seed))
         for budget in budgets:
-            runs += [Run(SEARCHED, seed, budget), Run(RANDOM, seed, budget)]
+            runs.append(Run(SEARCHED, seed, budget))
+            runs += [Run(RANDOM, seed, budget, draw) for draw in range(random_draws)]
             if peers:
                 runs.append(Run(PEFT_ADALORA, seed, budget))
     return runs

@@ -46,7 +46,9 @@ def summary_table(rows: Sequence[dict], metrics: Sequence[str], backbone_params:
         params = row["trainable_params"]["mean"]
         cells = [mean_std_text(row[s] and row[s][m]) for s in SPLITS for m in metrics]
         cells.append(mean_std_text(row["val"] and row["val"][metrics[0]]))
-        lines.append(f"| {label(row['method'])} | {budget_text(row['budget'])} | {len(row['seeds'])} | "
+        seeds = len(row["seeds"])
+        seeds_text = f"{seeds}" if row["runs"] == seeds else f"{seeds} ({row['runs']} runs)"
+        lines.append(f"| {label(row['method'])} | {budget_text(row['budget'])} | {seeds_text} | "
                      f"{params:,.0f} | {1e4 * params / backbone_params:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -76,8 +78,9 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: methods, searched-minus-others with 95% CIs paired over seeds, parity."""
     metrics = report["metrics"]
     parts = [
-        f"Test metrics at the best validation evaluation, mean ± std over seeds; test = the paper's test "
-        f"half of one seed's split, full test = the task's test file ({report['full_test_rows']} rows).",
+        f"Test metrics at the best validation evaluation, mean ± std over seeds (a method with several runs "
+        f"on a seed, such as random draws, counts as their mean there); test = the paper's test half of one "
+        f"seed's split, full test = the task's test file ({report['full_test_rows']} rows).",
         "",
         summary_table(report["summary"], metrics, report["backbone"]["num_params"]),
         "",

@@ -33,7 +33,9 @@ from structures_scoring import frozen_params, score_retrained
 from structures_stats import PEFT_ADALORA, PEFT_LORA, RANDOM, SEARCHED
 
 RESULTS, STRUCTURE, FULL_TEST = "results.json", "structure.json", "full_test.json"
-RANDOM_STRUCTURE_SALT = 14  # the random structure of (seed, budget) draws from default_rng([salt, seed, budget])
+# The random structure of (seed, budget) draws from default_rng([salt, seed, budget]), its draw k > 0
+# from default_rng([salt, seed, budget, k]).
+RANDOM_STRUCTURE_SALT = 14
 
 
 class Runner:
@@ -83,7 +85,7 @@ class Runner:
             return None
         workdir = self.run_dir(run)
         results = _read(os.path.join(workdir, RESULTS))
-        record = {"method": run.method, "seed": run.seed, "budget": run.budget, "name": run.name,
+        record = {"method": run.method, "seed": run.seed, "budget": run.budget, "draw": run.draw, "name": run.name,
                   "workdir": os.path.relpath(workdir, self.out), "trainable_params": results["trainable_params"],
                   "best_step": results["best_step"], "val": results["val"], "test": results["test"],
                   "wall_seconds": results["wall_seconds"]["total"]}
@@ -119,7 +121,7 @@ class Runner:
         """Uniformly random candidates of the search space that fit the run's budget (select_random)."""
         candidates = expand(self.backbone.space(config.search.space), self.backbone.positions()).candidates
         budget = budget_params(config.search.budget, self.backbone.num_params)
-        rng = np.random.default_rng([RANDOM_STRUCTURE_SALT, run.seed, budget])
+        rng = np.random.default_rng([RANDOM_STRUCTURE_SALT, run.seed, budget] + ([run.draw] if run.draw else []))
         mask = select_random(rng, [c.size for c in candidates], budget)
         return structure_from_candidates(
             candidates_from_mask(candidates, mask), backbone=self.backbone.name,

@@ -2,6 +2,8 @@
 
 A record is one finished run: {"method", "seed", "budget" (None for structures without one),
 "trainable_params", "val", "test", "full_test" (metric dicts in percent; full_test may be None)}.
+A method with several runs on one seed (random structures, `--random-draws`) counts as their mean on
+that seed: its mean +- std over seeds and its paired differences use the per-seed means.
 
 The difference of two methods is taken per seed (both ran on that seed's split), d_s = a_s - b_s over
 the n seeds both have, and summarised as mean(d) +- t_{0.975, n-1} std(d) / sqrt(n) (std with
@@ -56,21 +58,26 @@ def group(records: Iterable[dict], method: str, budget: float | int | None) -> l
 
 
 def by_seed(records: Iterable[dict], split: str, metric: str) -> dict[int, float]:
-    """{seed: the metric on the split} of the records that have that split scored."""
-    return {r["seed"]: r[split][metric] for r in records if r.get(split)}
+    """{seed: the metric on the split, averaged over the seed's records} of the records that have
+    that split scored."""
+    values: dict[int, list[float]] = {}
+    for record in records:
+        if record.get(split):
+            values.setdefault(record["seed"], []).append(record[split][metric])
+    return {seed: float(np.mean(v)) for seed, v in values.items()}
 
 
 def summarize(records: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
-    """One row per (method, budget), in the order they first appear: seeds, trainable parameters and
-    every split's metrics as mean_std over seeds."""
+    """One row per (method, budget), in the order they first appear: seeds, runs, trainable parameters
+    (mean_std over runs) and every split's metrics as mean_std over seeds of the per-seed means."""
     rows = []
     for method, budget in dict.fromkeys((r["method"], r["budget"]) for r in records):
         runs = group(records, method, budget)
-        row = {"method": method, "budget": budget, "seeds": [r["seed"] for r in runs],
+        row = {"method": method, "budget": budget, "seeds": sorted({r["seed"] for r in runs}), "runs": len(runs),
                "trainable_params": mean_std([r["trainable_params"] for r in runs])}
         for split in ("val", *SPLITS):
-            scored = [r for r in runs if r.get(split)]
-            row[split] = {m: mean_std([r[split][m] for r in scored]) for m in metrics} if scored else None
+            scored = any(r.get(split) for r in runs)
+            row[split] = {m: mean_std(list(by_seed(runs, split, m).values())) for m in metrics} if scored else None
         rows.append(row)
     return rows
 

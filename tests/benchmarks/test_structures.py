@@ -198,3 +198,49 @@ def test_adalora_final_rank_budget_fits_the_parameter_budget():
     assert adalora_ranks(769 * 40, 384, 24)["init_r"] == 3  # 1.5 x 40 ranks over 24 modules
     with pytest.raises(ValueError, match="below one AdaLoRA rank"):
         adalora_ranks(768, 384, 24)
+
+
+def test_random_draws_are_planned_and_averaged_per_seed_before_pairing():
+    runs = make_plan([0, 1], [2e-4], [], peers=False, random_draws=3)
+    assert [run.name for run in runs if run.seed == 0] == [
+        "searched_seed0_budget0.0002", "random_seed0_budget0.0002", "random_seed0_budget0.0002_draw1",
+        "random_seed0_budget0.0002_draw2"]
+    val = {("searched", 0, 0): 85.0, ("searched", 1, 0): 83.0,
+           ("random", 0, 0): 82.0, ("random", 0, 1): 84.0, ("random", 0, 2): 83.0,
+           ("random", 1, 0): 80.0, ("random", 1, 1): 81.0, ("random", 1, 2): 85.0}
+    records = [{"method": method, "seed": seed, "budget": 2e-4, "draw": draw, "trainable_params": 100 + draw,
+                "val": {"f1": f1}, "test": None, "full_test": None} for (method, seed, draw), f1 in val.items()]
+    (difference,) = structures_stats.differences(records, ["f1"])
+    assert difference["val"]["f1"]["per_seed"] == pytest.approx([85.0 - 83.0, 83.0 - 82.0])
+    assert difference["test"] is None
+    random_row = structures_stats.summarize(records, ["f1"])[1]
+    assert (random_row["seeds"], random_row["runs"]) == ([0, 1], 6)
+    assert random_row["val"]["f1"] == pytest.approx({"mean": 82.5, "std": np.std([83.0, 82.0], ddof=1), "n": 2})
+    assert random_row["trainable_params"]["mean"] == pytest.approx(101.0)
+    assert "| Random (same budget) | 0.0002 | 2 (6 runs) |" in structures_report.summary_table(
+        structures_stats.summarize(records, ["f1"]), ["f1"], backbone_params=10**6)
+
+
+def test_random_draw_0_is_the_seed_and_budget_draw_and_later_draws_differ():
+    from structures_runs import RANDOM_STRUCTURE_SALT, Runner
+
+    from configs import mrpc
+    from s3delta_jax.deltas import budget_params, expand
+    from s3delta_jax.models.registry import load_backbone
+    from s3delta_jax.search.select import select_random
+
+    config = mrpc.get_config("minilm")
+    config.model.random_init = True
+    config.model.config_overrides.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64)
+    backbone = load_backbone(config.model)
+    runner = Runner(config, "unused", backbone)
+    structures = [runner._random_structure(Run("random", 3, 2e-4, draw), runner.run_config(Run("random", 3, 2e-4)))
+                  for draw in range(3)]
+    candidates = expand(backbone.space(config.search.space), backbone.positions()).candidates
+    budget = budget_params(2e-4, backbone.num_params)
+    mask = select_random(np.random.default_rng([RANDOM_STRUCTURE_SALT, 3, budget]), [c.size for c in candidates], budget)
+    keys = [[entry.key for entry in structure.chosen] for structure in structures]
+    assert keys[0] == [c.key for c, chosen in zip(candidates, mask) if chosen]
+    assert len({tuple(k) for k in keys}) == 3
+    assert all(0 < sum(entry.size for entry in s.chosen) <= budget for s in structures)
