@@ -115,7 +115,8 @@ def execute(runner: Runner, runs: Sequence[Run]) -> tuple[list[str], list[str]]:
 
 
 def build_report(config: ml_collections.ConfigDict, runner: Runner, runs: Sequence[Run], settings: dict) -> dict:
-    """Every finished run as a record, the per-method summary, searched-minus-others differences and parity."""
+    """Every finished run as a record, the per-method summary, searched-minus-others differences, parity
+    and how alike the searches of different seeds came out."""
     task = data_lib.get_task(config.data.task, config.data.fix_reference_bugs)
     metrics = list(task.metric_names)
     finished = [(run, runner.record(run)) for run in runs]
@@ -136,8 +137,20 @@ def build_report(config: ml_collections.ConfigDict, runner: Runner, runs: Sequen
         "summary": structures_stats.summarize(records, metrics),
         "differences": structures_stats.differences(records, metrics),
         "parity": structures_stats.parity(records, metrics[0]),
+        "search_agreement": search_agreement(runner, runs, settings["budgets"]),
         "missing": [run.name for run, record in finished if record is None],
     }
+
+
+def search_agreement(runner: Runner, runs: Sequence[Run], budgets: Sequence[float | int]) -> dict[str, Any]:
+    """{budget: structures_stats.search_agreement of the budget's finished searches}."""
+    agreement = {}
+    for budget in budgets:
+        searches = {run.seed: runner.search_candidates(run) for run in runs
+                    if run.method == structures_stats.SEARCHED and run.budget == budget}
+        agreement[f"{budget:g}"] = structures_stats.search_agreement(
+            {seed: rows for seed, rows in searches.items() if rows is not None})
+    return agreement
 
 
 def write_outputs(report: dict[str, Any], runner: Runner, runs: Sequence[Run], out: str) -> str:

@@ -74,6 +74,21 @@ def parity_text(parity: dict[str, Any] | None) -> str:
             f"PEFT {parity['peft_mean']:.2f}, difference {parity['difference']:+.2f} ({verdict} ±{parity['tolerance']}).")
 
 
+def agreement_text(agreement: dict[str, dict[str, Any] | None]) -> str:
+    """One line per budget: how alike the searches of different seeds came out."""
+    lines = []
+    for budget, cell in agreement.items():
+        if cell is None:
+            lines.append(f"Searches at budget {budget}: fewer than two seeds finished, no agreement to measure.")
+            continue
+        lines.append(
+            f"Searches at budget {budget} across seeds ({len(cell['pairs'])} pairs): Spearman correlation of "
+            f"the gate probabilities {min(cell['spearman']):+.2f} to {max(cell['spearman']):+.2f} (mean "
+            f"{cell['spearman_mean']:+.2f}); chosen modules shared (Jaccard) {min(cell['jaccard']):.2f} to "
+            f"{max(cell['jaccard']):.2f} (mean {cell['jaccard_mean']:.2f}).")
+    return "\n".join(lines)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: methods, searched-minus-others with 95% CIs paired over seeds, parity."""
     metrics = report["metrics"]
@@ -90,6 +105,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         parity_text(report["parity"]),
     ]
+    if report["search_agreement"]:
+        parts += ["", agreement_text(report["search_agreement"])]
     if report["missing"]:
         parts += ["", f"Not finished ({len(report['missing'])}): {', '.join(report['missing'])}"]
     return "\n".join(parts)

@@ -103,6 +103,13 @@ class Runner:
                                 "wall_seconds": search["wall_seconds"]["total"]}
         return record
 
+    def search_candidates(self, run: Run) -> list[dict[str, Any]] | None:
+        """The candidate rows (p, chosen, ...) of the searched run's finished search, or None."""
+        path = os.path.join(self.search_dir(run), STRUCTURE)
+        if not os.path.isfile(os.path.join(self.search_dir(run), RESULTS)):
+            return None
+        return _read(path)["candidates"]
+
     def _structure(self, run: Run, config: ml_collections.ConfigDict) -> str:
         """The path of the run's structure file, searched or written first where it is missing."""
         if run.method == SEARCHED:

@@ -13,6 +13,7 @@ ddof 1): the 95% confidence interval of the mean paired difference under the t d
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -115,6 +116,24 @@ def parity(records: Sequence[dict], metric: str, tolerance: float = PARITY_TOLER
     return {"metric": metric, "seeds": seeds, "ours": [ours[s] for s in seeds], "peft": [theirs[s] for s in seeds],
             "ours_mean": ours_mean, "peft_mean": theirs_mean, "difference": ours_mean - theirs_mean,
             "tolerance": tolerance, "within_tolerance": abs(ours_mean - theirs_mean) <= tolerance}
+
+
+def search_agreement(searches: Mapping[int, Sequence[Mapping[str, Any]]]) -> dict[str, Any] | None:
+    """How alike the searches of one budget came out on different seeds, from their structure files'
+    candidate rows ({seed: [{"p", "chosen"}, ...]}, the same candidates in the same order): per pair
+    of seeds the Spearman correlation of p over the candidates (the alpha ranking: p is monotone in
+    alpha within a search) and the Jaccard overlap |A & B| / |A | B| of the chosen candidates.
+    None with fewer than two seeds."""
+    seeds = sorted(searches)
+    if len(seeds) < 2:
+        return None
+    p = {seed: [row["p"] for row in searches[seed]] for seed in seeds}
+    chosen = {seed: {i for i, row in enumerate(searches[seed]) if row["chosen"]} for seed in seeds}
+    pairs = list(itertools.combinations(seeds, 2))
+    spearman = [float(stats.spearmanr(p[a], p[b]).statistic) for a, b in pairs]
+    jaccard = [len(chosen[a] & chosen[b]) / len(chosen[a] | chosen[b]) for a, b in pairs]
+    return {"pairs": pairs, "spearman": spearman, "jaccard": jaccard,
+            "spearman_mean": float(np.mean(spearman)), "jaccard_mean": float(np.mean(jaccard))}
 
 
 def _share_a_seed(a: Sequence[dict], b: Sequence[dict], split: str) -> bool:

@@ -244,3 +244,32 @@ def test_random_draw_0_is_the_seed_and_budget_draw_and_later_draws_differ():
     assert keys[0] == [c.key for c, chosen in zip(candidates, mask) if chosen]
     assert len({tuple(k) for k in keys}) == 3
     assert all(0 < sum(entry.size for entry in s.chosen) <= budget for s in structures)
+
+
+def test_search_agreement_is_the_spearman_of_p_and_the_jaccard_of_the_chosen_modules(evidence):
+    from scipy import stats
+
+    out, report = evidence[0] / "structures", report_of(evidence)
+    assert set(report["search_agreement"]) == {f"{b:g}" for b in BUDGETS}
+    for budget in BUDGETS:
+        rows = [json.loads((out / "search" / f"seed{s}_budget{budget:g}" / "structure.json").read_text())["candidates"]
+                for s in SEEDS]
+        chosen = [{r["index"] for r in seed_rows if r["chosen"]} for seed_rows in rows]
+        cell = report["search_agreement"][f"{budget:g}"]
+        assert cell["pairs"] == [list(SEEDS)]
+        assert cell["jaccard"] == [len(chosen[0] & chosen[1]) / len(chosen[0] | chosen[1])]
+        assert cell["spearman"] == pytest.approx([stats.spearmanr([r["p"] for r in rows[0]], [r["p"] for r in rows[1]]).statistic])
+    assert "Spearman correlation of the gate probabilities" in evidence[2]
+
+
+def test_search_agreement_by_hand():
+    rows = {seed: [{"p": p, "chosen": c} for p, c in zip(ps, chosen)] for seed, ps, chosen in (
+        (0, [0.9, 0.5, 0.2, 0.1], [True, True, False, False]),
+        (1, [0.8, 0.1, 0.6, 0.2], [True, False, True, False]),
+        (2, [0.1, 0.2, 0.3, 0.4], [False, False, True, True]))}
+    agreement = structures_stats.search_agreement(rows)
+    assert agreement["pairs"] == [(0, 1), (0, 2), (1, 2)]
+    # Ranks 4 3 2 1 / 4 1 3 2 / 1 2 3 4: rho = 1 - 6 sum(d^2) / (n (n^2 - 1)) with n = 4.
+    assert agreement["spearman"] == pytest.approx([1 - 6 * 6 / 60, -1.0, 1 - 6 * 14 / 60])
+    assert agreement["jaccard"] == pytest.approx([1 / 3, 0.0, 1 / 3])
+    assert structures_stats.search_agreement({0: rows[0]}) is None
