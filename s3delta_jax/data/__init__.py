@@ -29,8 +29,8 @@ from s3delta_jax.data.synthetic import make_synthetic_task
 from s3delta_jax.data.tasks import Example, Task
 
 __all__ = [
-    "DataFormatError", "EncodedExamples", "SEARCH_DATA_SPLITS", "EvalBatch", "Example", "FIXES", "Splits", "Task", "TrainBatches",
-    "bucket_lengths", "compute_metrics", "encode_examples", "eval_batches", "get_task", "load_split",
-    "make_synthetic_task", "next_aligned_batches", "paper_splits", "primary_metric", "require_hub", "search_halves", "search_rows",
-    "task_names",
+    "DataFormatError", "EncodedExamples", "EvalBatch", "Example", "FIXES", "SEARCH_DATA_SPLITS", "Splits", "Task",
+    "TrainBatches", "bucket_lengths", "compute_metrics", "encode_examples", "eval_batches", "get_task", "load_split",
+    "make_synthetic_task", "next_aligned_batches", "paper_splits", "primary_metric", "require_hub", "search_halves",
+    "search_rows", "task_names",
 ]

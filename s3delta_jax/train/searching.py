@@ -61,8 +61,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, allow_config_cha
     backbone = load_backbone(config.model)
     fingerprint = backbone.fingerprint()
     check_run(config, workdir, fingerprint, allow_config_change)
-    data = load_task_data(config.data, backbone, config.seed,
-                           search_data=config.search.data_split)
+    data = load_task_data(config.data, backbone, config.seed, search_data=config.search.data_split)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
     expansion = expand(backbone.space(config.search.space), backbone.positions())
     candidates, sizes = expansion.candidates, expansion.sizes
