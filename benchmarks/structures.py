@@ -7,13 +7,15 @@ For one task config (any backbone; `--config.FIELD=VALUE` overrides as in run_se
 and budget: the search (run_search) and its selected structure, --random-draws random structures of
 the same budget (select_random, seeded by seed, budget and draw; default one; their mean is the
 seed's random score), PEFT AdaLoRA at that budget; per seed: every manual structure of the backbone
-(BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR for BERT) and PEFT LoRA r=1 on query/value. Every structure is re-trained with the config's one re-training
-schedule (run_retrain) in its own workdir under --out, so an interrupted benchmark resumes
-(structures_runs.py); test metrics are those at the best validation evaluation, on the paper's test
-half and on the task's own test file (MRPC: 1,725 labelled rows). The peers (peft_structures.py)
-need the optional extra `evidence`; without it they are skipped with a message.
+(BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR for BERT) and PEFT LoRA r=1 on query/value.
+Every structure is re-trained with the config's one re-training schedule (run_retrain) in its own
+workdir under --out, so an interrupted benchmark resumes (structures_runs.py); test metrics are
+those at the best validation evaluation, on the paper's test half and on the task's own test file
+(MRPC: 1,725 labelled rows). The peers (peft_structures.py) need the optional extra `evidence`;
+without it they are skipped with a message.
 
-Writes into --out: structures.json (every run, the tables, the parity check), structures.md (the
+Writes into --out: structures.json (every run, the tables, the parity check, how alike the searches
+of different seeds came out), structures.md (the
 markdown tables, also printed), structures.png (metric against trainable parameters) and
 heatmaps.png (the searched structures' gate probabilities). With --shard I/N this process runs only
 its share of the runs and writes no report: run the same command with --report-only once every
@@ -193,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.shard:
         return {"executed": executed, "skipped": skipped}
     settings = {"config": args.config, "overrides": [str(o) for o in overrides], "seeds": args.seeds,
-                "budgets": args.budgets, "random_draws": args.random_draws, "manual": manual, "peers": unavailable is None, "peers_skipped": unavailable}
+                "budgets": args.budgets, "random_draws": args.random_draws, "manual": manual,
+                "peers": unavailable is None, "peers_skipped": unavailable}
     report = build_report(config, runner, runs, settings)
     report.update(command=" ".join(["python", "benchmarks/structures.py", *rest, *map(str, overrides)]),
                   executed=executed, skipped=skipped, wall_seconds=time.monotonic() - started)

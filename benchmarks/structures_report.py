@@ -90,7 +90,8 @@ def agreement_text(agreement: dict[str, dict[str, Any] | None]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as markdown: methods, searched-minus-others with 95% CIs paired over seeds, parity."""
+    """The report as markdown: methods, searched-minus-others with 95% CIs paired over seeds, parity,
+    and how alike the searches of different seeds came out."""
     metrics = report["metrics"]
     parts = [
         f"Test metrics at the best validation evaluation, mean ± std over seeds (a method with several runs "

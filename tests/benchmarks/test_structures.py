@@ -239,7 +239,8 @@ def test_random_draw_0_is_the_seed_and_budget_draw_and_later_draws_differ():
                   for draw in range(3)]
     candidates = expand(backbone.space(config.search.space), backbone.positions()).candidates
     budget = budget_params(2e-4, backbone.num_params)
-    mask = select_random(np.random.default_rng([RANDOM_STRUCTURE_SALT, 3, budget]), [c.size for c in candidates], budget)
+    rng = np.random.default_rng([RANDOM_STRUCTURE_SALT, 3, budget])
+    mask = select_random(rng, [c.size for c in candidates], budget)
     keys = [[entry.key for entry in structure.chosen] for structure in structures]
     assert keys[0] == [c.key for c, chosen in zip(candidates, mask) if chosen]
     assert len({tuple(k) for k in keys}) == 3
