@@ -48,7 +48,7 @@ from step_cost_setup import ESTIMATORS, PAPER_BUDGET, SEARCHES, Case, Setup, bui
 from step_cost_timing import Runner, measure_together, time_round_robin, warm_up
 
 from s3delta_jax.deltas import Candidate, expand
-from s3delta_jax.models import t5
+from s3delta_jax.models.remat import REMAT_POLICIES
 from s3delta_jax.search import gates
 from s3delta_jax.search.searcher import Searcher
 from s3delta_jax.train.retrainer import Retrainer
@@ -364,7 +364,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scan-layers", action=argparse.BooleanOptionalAction,
                         help="search steps run the blocks of each stack under nn.scan, so they compile one "
                         "block body however deep the model is (default: off)")
-    parser.add_argument("--remat", choices=list(t5.REMAT_POLICIES),
+    parser.add_argument("--remat", choices=list(REMAT_POLICIES),
                         help="search steps recompute each block in the backward pass: 'full' stores only its "
                         "inputs, 'dots' also its weight matmuls' outputs (default: none)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,

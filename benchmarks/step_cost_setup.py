@@ -15,6 +15,7 @@ from s3delta_jax.deltas import Candidate, Position, Rule, budget_params, candida
 from s3delta_jax.deltas.scan import ScannedLayers, stack_layers
 from s3delta_jax.models import t5
 from s3delta_jax.models.dtypes import parse_dtype
+from s3delta_jax.models.remat import REMAT_POLICIES
 from s3delta_jax.models.t5.backbone import Seq2SeqHead, T5Backbone
 from s3delta_jax.search import gates
 from s3delta_jax.search.select import select_greedy
@@ -102,8 +103,8 @@ class Case:
                              f"got {self.warmup}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
-        if self.remat not in t5.REMAT_POLICIES:
-            raise ValueError(f"remat {self.remat!r}: use one of {', '.join(t5.REMAT_POLICIES)}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         unknown = [name for name in self.estimators if name not in SEARCHES]

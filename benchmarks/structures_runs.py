@@ -105,10 +105,10 @@ class Runner:
 
     def search_candidates(self, run: Run) -> list[dict[str, Any]] | None:
         """The candidate rows (p, chosen, ...) of the searched run's finished search, or None."""
-        path = os.path.join(self.search_dir(run), STRUCTURE)
-        if not os.path.isfile(os.path.join(self.search_dir(run), RESULTS)):
+        search_dir = self.search_dir(run)
+        if not os.path.isfile(os.path.join(search_dir, RESULTS)):
             return None
-        return _read(path)["candidates"]
+        return _read(os.path.join(search_dir, STRUCTURE))["candidates"]
 
     def _structure(self, run: Run, config: ml_collections.ConfigDict) -> str:
         """The path of the run's structure file, searched or written first where it is missing."""

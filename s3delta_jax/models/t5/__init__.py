@@ -13,7 +13,6 @@ from s3delta_jax.models.t5.decoding import (
 )
 from s3delta_jax.models.t5.model import (
     PRESETS,
-    REMAT_POLICIES,
     T5Attention,
     T5Config,
     T5ConfigError,
@@ -30,7 +29,7 @@ from s3delta_jax.models.t5.model import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "PRESETS", "REMAT_POLICIES", "T5Attention", "T5Config", "T5ConfigError", "T5DenseReluDense",
+    "IGNORE_INDEX", "PRESETS", "T5Attention", "T5Config", "T5ConfigError", "T5DenseReluDense",
     "T5ForConditionalGeneration", "T5LayerNorm", "count_params", "cross_entropy_loss",
     "get_config", "greedy_decode", "init_params", "logical_axes", "param_shapes", "relative_position_bucket",
     "scanned_layers", "sequence_log_likelihood", "shift_right",
