@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ TORCH_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX, TORCH_FILE, TORCH_INDEX)
 
 StateDict = dict[str, np.ndarray]
+FlaxPath = tuple[str, ...]
 
 
 class CheckpointError(UserError, ValueError):
@@ -105,6 +107,32 @@ def _read_torch(path: str) -> StateDict:
         name: (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
         for name, tensor in state_dict.items()
     }
+
+
+def flax_layout(expected: Mapping[FlaxPath, Any], by_path: Mapping[FlaxPath, tuple[str, np.ndarray]],
+                unexpected: list[str], hf_name: Callable[[FlaxPath], str], family: str) -> dict[FlaxPath, np.ndarray]:
+    """The flat Flax params of a checkpoint, checked strictly against the config's shapes.
+
+    expected: {flax path: ShapeDtypeStruct} of the config; by_path: {flax path: (checkpoint name, array in
+    torch layout)}; unexpected: checkpoint names that map to no expected path; hf_name names a missing
+    path. Kernels are transposed from torch [out, in] to Flax [in, out]. Raises CheckpointError naming
+    what is missing, unexpected or misshapen (`family` names the config, e.g. 'T5').
+    """
+    missing = [hf_name(path) for path in expected if path not in by_path]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match the {family} config: missing {missing[:4]} ({len(missing)} in all), "
+            f"unexpected {unexpected[:4]} ({len(unexpected)} in all); check config.json belongs to these weights"
+        )
+    params = {}
+    for path, shape in expected.items():
+        name, array = by_path[path]
+        torch_shape = shape.shape[::-1] if path[-1] == "kernel" else shape.shape
+        if array.shape != torch_shape:
+            raise CheckpointError(f"{name} has shape {array.shape}, the config expects {torch_shape}: "
+                                  "check config.json belongs to these weights")
+        params[path] = array.T if path[-1] == "kernel" else array
+    return params
 
 
 def resolve_checkpoint_dir(name_or_path: str) -> str:

@@ -25,6 +25,7 @@ from s3delta_jax.models.checkpoint_files import (
     CONFIG_FILE,
     CheckpointError,
     StateDict,
+    flax_layout,
     read_config,
     read_state_dict,
     resolve_checkpoint_dir,
@@ -78,23 +79,9 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], config: BertCon
     """
     expected = flax.traverse_util.flatten_dict(param_shapes(config))
     by_path = {flax_path(name): (name, array) for name, array in _encoder_entries(state_dict, config).items()}
-    missing = [hf_name(path) for path in expected if path not in by_path]
     unexpected = sorted(name for path, (name, _) in by_path.items() if path not in expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not match the {config.model_type} config: missing {missing[:4]} ({len(missing)} in all), "
-            f"unexpected {unexpected[:4]} ({len(unexpected)} in all); check config.json belongs to these weights"
-        )
-    params = {}
-    for path, shape in expected.items():
-        name, array = by_path[path]
-        torch_shape = shape.shape[::-1] if path[-1] == "kernel" else shape.shape
-        if array.shape != torch_shape:
-            raise CheckpointError(
-                f"{name} has shape {array.shape}, the config expects {torch_shape}: "
-                "check config.json belongs to these weights"
-            )
-        params[path] = jnp.asarray(array.T if path[-1] == "kernel" else array, dtype=config.param_dtype)
+    params = flax_layout(expected, by_path, unexpected, hf_name, config.model_type)
+    params = {path: jnp.asarray(array, dtype=config.param_dtype) for path, array in params.items()}
     return flax.traverse_util.unflatten_dict(params)
 
 

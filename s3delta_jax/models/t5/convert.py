@@ -20,6 +20,7 @@ import numpy as np
 from s3delta_jax.models.checkpoint_files import (
     CheckpointError,
     StateDict,
+    flax_layout,
     read_config,
     read_state_dict,
     resolve_checkpoint_dir,
@@ -72,22 +73,11 @@ def params_from_state_dict(
             f"vocab_size={vocab_size} exceeds the checkpoint's {config.vocab_size} rows: pass at most that"
         )
     expected = flax.traverse_util.flatten_dict(param_shapes(config))
-    missing = [hf_name(path) for path in expected if hf_name(path) not in tensors]
-    unknown = sorted(set(tensors) - {hf_name(path) for path in expected})
-    if missing or unknown:
-        raise CheckpointError(
-            f"checkpoint does not match the T5 config: missing {missing[:4]} ({len(missing)} in all), "
-            f"unexpected {unknown[:4]} ({len(unknown)} in all); check config.json belongs to these weights"
-        )
-    params = {}
-    for path, shape in expected.items():
-        array = tensors[hf_name(path)]
-        torch_shape = shape.shape[::-1] if path[-1] == "kernel" else shape.shape
-        if array.shape != torch_shape:
-            raise CheckpointError(f"{hf_name(path)} has shape {array.shape}, the config expects {torch_shape}")
-        if path[0] in ("shared", "lm_head"):
-            array = array[:vocab_size]
-        params[path] = jnp.asarray(array.T if path[-1] == "kernel" else array, dtype=dtype)
+    paths = {hf_name(path): path for path in expected}
+    by_path = {paths[name]: (name, array) for name, array in tensors.items() if name in paths}
+    params = flax_layout(expected, by_path, sorted(set(tensors) - set(paths)), hf_name, "T5")
+    vocab_rows = {("shared", "embedding"): np.s_[:vocab_size], ("lm_head", "kernel"): np.s_[:, :vocab_size]}
+    params = {path: jnp.asarray(array[vocab_rows.get(path, ...)], dtype=dtype) for path, array in params.items()}
     return flax.traverse_util.unflatten_dict(params)
 
 
