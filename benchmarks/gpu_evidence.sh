@@ -13,9 +13,9 @@
 # OUT: the argument, else $OUT (the device machine's output folder), else runs/gpu_evidence.
 # MRPC_DIR: GLUE's MRPC files (train.tsv, validation.tsv, test.tsv); default ../shared/data/glue/MRPC.
 # --tiny: the same pipeline on a CPU in about a minute: a tiny random BERT (hidden 32, 1 layer),
-# 2-3 steps per run, a first-order search of the LoRA space, seeds 0 1, budgets 1e-4 2e-4, LNFit and
-# LoRA as the manual structures, 2 workers, step_cost's tiny case, XLA's quick CPU compilation
-# (compiling is most of such a run); tests/benchmarks/test_structures.py runs it.
+# 2-3 steps per run, a first-order search of the LoRA space, seeds 0 1, budgets 1e-4 2e-4, LNFit, LoRA
+# and the linear probe as the manual structures, 2 workers, step_cost's tiny case, XLA's quick CPU
+# compilation (compiling is most of such a run); tests/benchmarks/test_structures.py runs it.
 # Time limits (seconds, environment): STRUCTURES_SECONDS (default 420) for part 1, STEP_COST_SECONDS
 # (default 150) for part 2; a part cut short leaves its finished runs, and re-running the same
 # command resumes it. Needs `pip install -e '.[evidence]'` and a CUDA build of jax and torch.
@@ -45,7 +45,7 @@ STRUCTURES=(python benchmarks/structures.py --config configs/mrpc.py:minilm --ou
 if ((TINY)); then
   WORKERS=${WORKERS:-2}
   export XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true ${XLA_FLAGS:-}"
-  STRUCTURES+=(--seeds 0 1 --budgets 1e-4 2e-4 --manual lnfit lora_qv_r1
+  STRUCTURES+=(--seeds 0 1 --budgets 1e-4 2e-4 --manual lnfit lora_qv_r1 linear_probe
                --config.model.random_init=true --config.model.config_overrides.hidden_size=32
                --config.model.config_overrides.num_hidden_layers=1 --config.model.config_overrides.num_attention_heads=4
                --config.model.config_overrides.intermediate_size=64 --config.data.max_source_length=32

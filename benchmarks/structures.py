@@ -7,9 +7,9 @@ For one task config (any backbone; `--config.FIELD=VALUE` overrides as in run_se
 and budget: the search (run_search) and its selected structure, --random-draws random structures of
 the same budget (select_random, seeded by seed, budget and draw; default one; their mean is the
 seed's random score), PEFT AdaLoRA at that budget; per seed: every manual structure of the backbone
-(BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR for BERT) and PEFT LoRA r=1 on query/value.
-Every structure is re-trained with the config's one re-training schedule (run_retrain) in its own
-workdir under --out, so an interrupted benchmark resumes (structures_runs.py); test metrics are
+(BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR and the linear probe, no module, for BERT) and
+PEFT LoRA r=1 on query/value. Every structure is re-trained with the config's one re-training
+schedule (run_retrain) in its own workdir under --out, so an interrupted benchmark resumes (structures_runs.py); test metrics are
 those at the best validation evaluation, on the paper's test half and on the task's own test file
 (MRPC: 1,725 labelled rows). The peers (peft_structures.py) need the optional extra `evidence`;
 without it they are skipped with a message.

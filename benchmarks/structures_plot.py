@@ -2,7 +2,8 @@
 
   * `plot_metric_vs_params`: paper Figure 2: one panel per scored split, the primary metric (mean
     over seeds, error bars one std) against trainable parameters (mean over seeds, log axis); a line
-    through the budgets for methods with a budget, one point for the others.
+    through the budgets for methods with a budget, one point for the others, and a dashed horizontal
+    line (its std a band) for a method with no trainable parameters outside the head (the linear probe).
   * `tile_heatmaps`: the searched structures' heatmap.png files (run_search writes one per search),
     one row per seed and one column per budget.
 """
@@ -33,6 +34,10 @@ def plot_metric_vs_params(summary: Sequence[dict], metric: str, path: str, title
             x = [r["trainable_params"]["mean"] for r in rows]
             y = [r[split][metric]["mean"] for r in rows]
             errors = [r[split][metric]["std"] or 0.0 for r in rows]
+            if x == [0]:  # no point on a log axis: a floor across the panel
+                line = axis.axhline(y[0], linestyle="--", linewidth=1, label=label(method))
+                axis.axhspan(y[0] - errors[0], y[0] + errors[0], color=line.get_color(), alpha=0.1)
+                continue
             axis.errorbar(x, y, yerr=errors, marker="o", capsize=3, linestyle="-" if len(rows) > 1 else "none",
                           label=label(method))
         axis.set_xscale("log")

@@ -10,7 +10,7 @@ from structures_stats import SPLITS
 LABELS = {
     "searched": "S3PET (searched)", "random": "Random (same budget)", "bitfit": "BitFit", "lnfit": "LNFit",
     "lora_qv_r1": "LoRA r=1 q,v", "adapter_lr": "Adapter-LR", "peft_lora_qv_r1": "PEFT LoRA r=1 q,v",
-    "peft_adalora": "PEFT AdaLoRA (same budget)",
+    "peft_adalora": "PEFT AdaLoRA (same budget)", "linear_probe": "Linear probe (head only)",
 }
 SPLIT_LABELS = {"val": "val", "test": "test", "full_test": "full test"}
 

@@ -7,7 +7,7 @@ budget_params 102458, and the count and parameters per delta type. Without --jso
 table. --model is a preset name (t5-large, google/flan-t5-base, minilm-l6, roberta-base, ...) or a
 local Hugging Face model directory (only its config.json is read). --space and --baseline name the
 family's presets (T5: s3pet_mix, s3pet_lora, mix_all_linear; baselines bitfit, lnfit, adapter,
-adapter_lr, lora_qv_r1, lora_qv_r8; BERT: s3pet_mix, s3pet_lora; bitfit, lnfit, lora_qv_r1, adapter_lr).
+adapter_lr, lora_qv_r1, lora_qv_r8; BERT: s3pet_mix, s3pet_lora; bitfit, lnfit, lora_qv_r1, adapter_lr, linear_probe).
 """
 
 from __future__ import annotations

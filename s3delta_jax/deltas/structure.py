@@ -12,8 +12,9 @@ Our format (``schema_version`` 1), one JSON object::
      "candidates": [{"index": 0, "path": ..., "delta_type": ..., "key": ..., "size": ...,
                      "alpha": 0.31, "p": 0.057, "chosen": false}, ...]}
 
-``candidates`` (every candidate of the search with its alpha and p) may be empty; ``budget``,
-``backbone`` and ``search_space`` fields may be null for hand-made structures. ``backbone.fingerprint``
+``chosen`` may be empty: a linear probe, where only the task head trains (re-training refuses it
+where the task has no head). ``candidates`` (every candidate of the search with its alpha and p) may
+be empty; ``budget``, ``backbone`` and ``search_space`` fields may be null for hand-made structures. ``backbone.fingerprint``
 (family, parameter count, a checksum of the shapes, the weight files' names and sizes: see
 `models.backbone.Backbone.fingerprint`) names the backbone the structure was searched on; re-training
 refuses another one.
@@ -228,8 +229,6 @@ def structure_from_json(data: Any, positions: Sequence[Position] | None = None, 
             raise r.fail(f"{where}: a second delta with key {entry.key!r} at {entry.path}")
         seen.add((entry.path, entry.key))
         structure.chosen.append(entry)
-    if not structure.chosen:
-        raise r.fail("chosen is empty: a structure needs at least one module to re-train")
     for i, item in enumerate(r.get(data, "candidates", list, "")):
         where = f"candidates[{i}]"
         for key, types in (("path", str), ("delta_type", str), ("size", int)):

@@ -53,6 +53,9 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, structure_path:
     check_run(config, workdir, run_fingerprint, allow_config_change)
     data = load_task_data(config.data, backbone, config.seed)
     head = backbone.task_head(data.task, config.eval.method, config.eval.max_decode_length)
+    if not candidates and jax.eval_shape(head.init_extra, jax.random.PRNGKey(0)) is None:
+        raise StructureError(f"{structure_path}: chosen is empty and the {backbone.family} backbone trains no head "
+                             f"on {data.task.name}, so nothing would re-train: choose at least one module")
     placed = place_backbone(backbone, config.seed, config.mesh)
     partitioner, params = placed.partitioner, placed.params
     writer = record_run(config, workdir, run_fingerprint, allow_config_change)

@@ -27,7 +27,7 @@ from structures_plan import Run, make_plan  # noqa: E402
 # Rows of each MRPC file the tiny pipeline reads (train 64: two batches of 32; validation 32: two
 # halves of 16; the task's test file 40).
 SUBSET_ROWS = {"train.tsv": 64, "validation.tsv": 32, "test.tsv": 40}
-SEEDS, BUDGETS, MANUAL = [0, 1], [1e-4, 2e-4], ["lnfit", "lora_qv_r1"]
+SEEDS, BUDGETS, MANUAL = [0, 1], [1e-4, 2e-4], ["lnfit", "lora_qv_r1", "linear_probe"]
 HAS_PEERS = all(importlib.util.find_spec(name) for name in ("torch", "transformers", "peft"))
 # The tiny BERT of gpu_evidence.sh: H = 32, L = 1; its runs are split between 2 worker processes.
 HIDDEN, LAYERS, WORKERS = 32, 1, 2
@@ -79,6 +79,7 @@ def test_every_run_of_every_method_finished_and_is_reported(evidence):
     sizes = {r["method"]: r["trainable_params"] for r in report["runs"] if r["budget"] is None}
     assert sizes["lnfit"] == (2 * LAYERS + 1) * HIDDEN
     assert sizes["lora_qv_r1"] == 2 * LAYERS * (HIDDEN + HIDDEN)
+    assert sizes["linear_probe"] == 0
     methods = {r["method"] for r in report["runs"]}
     assert {row["method"] for row in report["summary"]} == methods
     for method in methods:

@@ -62,7 +62,7 @@ def test_minilm_preset_spaces_and_baselines_count_as_derived():
     H, I, L = 384, 1536, 6
     assert mix.total_size == L * (4 * 2 * H + 2 * (H + I)) + L * (4 * H + I + H) + 2 * (2 * L + 1) * H + 2 * L * (2 * (H + 12) + 12 + H)
     names = {c.name for c in mix.candidates}
-    for name, size in {"bitfit": 25_728, "lnfit": 4_992, "lora_qv_r1": 9_216, "adapter_lr": 14_256}.items():
+    for name, size in {"bitfit": 25_728, "lnfit": 4_992, "lora_qv_r1": 9_216, "adapter_lr": 14_256, "linear_probe": 0}.items():
         baseline = expand(backbone.baseline(name), positions).candidates
         assert sum(c.size for c in baseline) == size, name
         assert {c.name for c in baseline} <= names, f"{name} is not a subset of the mix space"

@@ -20,6 +20,7 @@ Every baseline is a subset of the mix space, at its natural size:
   lnfit       LNFit on every LayerNorm               (2L + 1) H                  4,992
   lora_qv_r1  LoRA r = 1 on query and value          2 L (H + H)                 9,216
   adapter_lr  low-rank adapters (reduction 32)       2 L (2 (H + H/32) + H/32 + H)   14,256
+  linear_probe  no module: only the task head trains (pooling, dropout, one Dense)          0
 """
 
 from __future__ import annotations
@@ -51,4 +52,5 @@ BASELINES: dict[str, Space] = {
     "lnfit": ((Rule(NORMS, ("norm",), "lnfit"),),),
     "lora_qv_r1": ((Rule(r"attention/self/(query|value)", ("linear",), "lora", {"r": 1}),),),
     "adapter_lr": ((Rule(BLOCK_OUTPUTS, ("linear",), "low_rank_adapter"),),),
+    "linear_probe": (),
 }
