@@ -14,10 +14,10 @@ Our format (``schema_version`` 1), one JSON object::
 
 ``chosen`` may be empty: a linear probe, where only the task head trains (re-training refuses it
 where the task has no head). ``candidates`` (every candidate of the search with its alpha and p) may
-be empty; ``budget``, ``backbone`` and ``search_space`` fields may be null for hand-made structures. ``backbone.fingerprint``
-(family, parameter count, a checksum of the shapes, the weight files' names and sizes: see
-`models.backbone.Backbone.fingerprint`) names the backbone the structure was searched on; re-training
-refuses another one.
+be empty; ``budget``, ``backbone`` and ``search_space`` fields may be null for hand-made structures.
+``backbone.fingerprint`` (family, parameter count, a checksum of the shapes, the weight files' names
+and sizes: see `models.backbone.Backbone.fingerprint`) names the backbone the structure was searched
+on; re-training refuses another one.
 
 The reference implementation's format (reference section 5) is a JSON list with one dict per pass
 mapping a Hugging Face dotted module name to {"parallel"|"sequential": {DeltaType: kwargs}}, e.g.
