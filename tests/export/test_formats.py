@@ -117,6 +117,21 @@ def test_bert_merged_and_peft_classifiers_reproduce_ours(bert_case, tmp_path):
     assert os.path.isfile(tmp_path / "merged" / "tokenizer.json")
 
 
+def test_a_linear_probe_exports_merged_with_its_head_and_peft_refuses_it(bert_backbone, tmp_path):
+    """An empty structure (the linear_probe baseline): the merged checkpoint is the base encoder plus our
+    trained head, and its torch classifier gives our logits; a PEFT adapter would hold nothing."""
+    case = retrained(bert_backbone, [], task_name="mrpc")
+    batch = bert_batch(bert_backbone.config.vocab_size)
+    _, logits = flax_bert_outputs(case, batch)
+    export_merged(case, str(tmp_path / "merged"))
+    model = torch_classifier(str(tmp_path / "merged"))
+    with torch.no_grad():
+        np.testing.assert_allclose(model(**torch_inputs(batch)).numpy(), logits, rtol=0, atol=ATOL)
+    with pytest.raises(ExportError, match="export with --to merged"):
+        export_peft(case, str(tmp_path / "peft"))
+    assert not (tmp_path / "peft").exists() or not any((tmp_path / "peft").iterdir())
+
+
 def test_an_adapter_with_a_renamed_key_fails_the_check_against_peft(bert_case):
     adapter = build_adapter(bert_case)
     check_with_peft(bert_case.backbone, adapter)
