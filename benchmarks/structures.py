@@ -9,15 +9,14 @@ the same budget (select_random, seeded by seed, budget and draw; default one; th
 seed's random score), PEFT AdaLoRA at that budget; per seed: every manual structure of the backbone
 (BitFit, LNFit, LoRA r=1 on query/value, Adapter-LR and the linear probe, no module, for BERT) and
 PEFT LoRA r=1 on query/value. Every structure is re-trained with the config's one re-training
-schedule (run_retrain) in its own workdir under --out, so an interrupted benchmark resumes (structures_runs.py); test metrics are
-those at the best validation evaluation, on the paper's test half and on the task's own test file
-(MRPC: 1,725 labelled rows). The peers (peft_structures.py) need the optional extra `evidence`;
-without it they are skipped with a message.
+schedule (run_retrain) in its own workdir under --out, so an interrupted benchmark resumes
+(structures_runs.py); test metrics are those at the best validation evaluation, on the paper's test
+half and on the task's own test file (MRPC: 1,725 labelled rows). The peers (peft_structures.py)
+need the optional extra `evidence`; without it they are skipped with a message.
 
 Writes into --out: structures.json (every run, the tables, the parity check, how alike the searches
-of different seeds came out), structures.md (the
-markdown tables, also printed), structures.png (metric against trainable parameters) and
-heatmaps.png (the searched structures' gate probabilities). With --shard I/N this process runs only
+of different seeds came out), structures.md (the markdown tables, also printed), structures.png
+(metric against trainable parameters) and heatmaps.png (the searched structures' gate probabilities). With --shard I/N this process runs only
 its share of the runs and writes no report: run the same command with --report-only once every
 shard has finished.
 """
