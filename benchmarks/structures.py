@@ -16,9 +16,9 @@ need the optional extra `evidence`; without it they are skipped with a message.
 
 Writes into --out: structures.json (every run, the tables, the parity check, how alike the searches
 of different seeds came out), structures.md (the markdown tables, also printed), structures.png
-(metric against trainable parameters) and heatmaps.png (the searched structures' gate probabilities). With --shard I/N this process runs only
-its share of the runs and writes no report: run the same command with --report-only once every
-shard has finished.
+(metric against trainable parameters) and heatmaps.png (the searched structures' gate probabilities).
+With --shard I/N this process runs only its share of the runs and writes no report: run the same
+command with --report-only once every shard has finished.
 """
 
 from __future__ import annotations
