@@ -139,8 +139,22 @@ def build_report(config: ml_collections.ConfigDict, runner: Runner, runs: Sequen
         "differences": structures_stats.differences(records, metrics),
         "parity": structures_stats.parity(records, metrics[0]),
         "search_agreement": search_agreement(runner, runs, settings["budgets"]),
+        "code_versions": code_versions(records),
         "missing": [run.name for run, record in finished if record is None],
     }
+
+
+def code_versions(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How many finished runs each version of the code finished: [{"commit", "uncommitted_changes",
+    "runs"}], most runs first; commit None: not recorded (a run finished before provenance.json, or
+    outside a git checkout)."""
+    counts: dict[tuple, int] = {}
+    for record in records:
+        provenance = record["provenance"] or {}
+        key = (provenance.get("commit"), provenance.get("uncommitted_changes"))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"commit": commit, "uncommitted_changes": changes, "runs": n}
+            for (commit, changes), n in sorted(counts.items(), key=lambda item: -item[1])]
 
 
 def search_agreement(runner: Runner, runs: Sequence[Run], budgets: Sequence[float | int]) -> dict[str, Any]:

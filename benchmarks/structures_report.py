@@ -89,6 +89,18 @@ def agreement_text(agreement: dict[str, dict[str, Any] | None]) -> str:
     return "\n".join(lines)
 
 
+def code_text(versions: Sequence[dict[str, Any]]) -> str:
+    """One line: which commits finished how many of the runs."""
+    parts = []
+    for version in versions:
+        if version["commit"] is None:
+            name = "not recorded"
+        else:
+            name = version["commit"][:10] + (" with uncommitted changes" if version["uncommitted_changes"] else "")
+        parts.append(f"{name} ({version['runs']} run{'' if version['runs'] == 1 else 's'})")
+    return "Code that finished the runs: " + ", ".join(parts) + "."
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: methods, searched-minus-others with 95% CIs paired over seeds, parity,
     and how alike the searches of different seeds came out."""
@@ -108,6 +120,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report["search_agreement"]:
         parts += ["", agreement_text(report["search_agreement"])]
+    if report["code_versions"]:
+        parts += ["", code_text(report["code_versions"])]
     if report["missing"]:
         parts += ["", f"Not finished ({len(report['missing'])}): {', '.join(report['missing'])}"]
     return "\n".join(parts)

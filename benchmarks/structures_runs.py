@@ -5,6 +5,8 @@ Layout under the benchmark's output directory:
   retrain/{run name}/          run_retrain's workdir; random and manual runs keep their structure.json
                                here; full_test.json: the best checkpoint scored on the task's test file
   peers/{run name}/            a PEFT peer's results.json
+and in each run's workdir provenance.json: the code that finished the run (git commit, whether the
+checkout had uncommitted changes) and when, so that runs made over several sessions can be told apart.
 A run whose results.json exists is not run again (nor is a finished search), so re-running the same
 command resumes an interrupted benchmark; run_search and run_retrain also resume a run cut short
 from its checkpoints.
@@ -13,9 +15,13 @@ from its checkpoints.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
+import platform
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -32,7 +38,8 @@ from structures_plan import Run
 from structures_scoring import frozen_params, score_retrained
 from structures_stats import PEFT_ADALORA, PEFT_LORA, RANDOM, SEARCHED
 
-RESULTS, STRUCTURE, FULL_TEST = "results.json", "structure.json", "full_test.json"
+RESULTS, STRUCTURE, FULL_TEST, PROVENANCE = "results.json", "structure.json", "full_test.json", "provenance.json"
+REPOSITORY = Path(__file__).resolve().parents[1]
 # The random structure of (seed, budget) draws from default_rng([salt, seed, budget]), its draw k > 0
 # from default_rng([salt, seed, budget, k]).
 RANDOM_STRUCTURE_SALT = 14
@@ -44,6 +51,7 @@ class Runner:
     def __init__(self, config: ml_collections.ConfigDict, out: str, backbone: Backbone):
         self.config, self.out, self.backbone = config, out, backbone
         self._params: dict[int, Any] = {}
+        self.code = code_version(REPOSITORY)  # read once: the code this process loaded
 
     def run_config(self, run: Run) -> ml_collections.ConfigDict:
         """The benchmark's config with the run's seed and budget (no re-training chained to the search)."""
@@ -72,12 +80,16 @@ class Runner:
 
             if not os.path.isfile(os.path.join(workdir, RESULTS)):
                 peft_structures.train_peer(run.method, config, self.backbone, workdir)
-            return
-        structure_path = self._structure(run, config)
-        if not os.path.isfile(os.path.join(workdir, RESULTS)):
-            run_retrain(config, workdir, structure_path)
-        if not os.path.isfile(os.path.join(workdir, FULL_TEST)):
-            self._score_full_test(config, workdir, structure_path)
+        else:
+            structure_path = self._structure(run, config)
+            if not os.path.isfile(os.path.join(workdir, RESULTS)):
+                run_retrain(config, workdir, structure_path)
+            if not os.path.isfile(os.path.join(workdir, FULL_TEST)):
+                self._score_full_test(config, workdir, structure_path)
+        if not os.path.isfile(os.path.join(workdir, PROVENANCE)):
+            _write(os.path.join(workdir, PROVENANCE), {
+                **self.code, "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "host": platform.node(), "cpus": len(os.sched_getaffinity(0))})
 
     def record(self, run: Run) -> dict[str, Any] | None:
         """The finished run as a statistics record (structures_stats), or None if it has not finished."""
@@ -88,7 +100,8 @@ class Runner:
         record = {"method": run.method, "seed": run.seed, "budget": run.budget, "draw": run.draw, "name": run.name,
                   "workdir": os.path.relpath(workdir, self.out), "trainable_params": results["trainable_params"],
                   "best_step": results["best_step"], "val": results["val"], "test": results["test"],
-                  "wall_seconds": results["wall_seconds"]["total"]}
+                  "wall_seconds": results["wall_seconds"]["total"], "provenance": _read_if_present(
+                      os.path.join(workdir, PROVENANCE))}
         if self._is_peer(run):
             record["full_test"] = results["full_test"]
             record["peer"] = {k: results[k] for k in ("initial_trainable_params", "head_params", "within_budget",
@@ -162,6 +175,26 @@ class Runner:
     @staticmethod
     def _is_peer(run: Run) -> bool:
         return run.method in (PEFT_LORA, PEFT_ADALORA)
+
+
+def code_version(repository: Path) -> dict[str, Any]:
+    """{"commit": HEAD's sha, "uncommitted_changes": whether tracked files differ from it} of the git
+    checkout at `repository`; both None where it is not one (or git is missing)."""
+    try:
+        commit = _git(repository, "rev-parse", "HEAD")
+        changes = _git(repository, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "uncommitted_changes": None}
+    return {"commit": commit, "uncommitted_changes": bool(changes)}
+
+
+def _git(repository: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repository), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _read_if_present(path: str) -> dict[str, Any] | None:
+    return _read(path) if os.path.isfile(path) else None
 
 
 def _read(path: str) -> dict[str, Any]:

@@ -148,6 +148,7 @@ def test_rerun_skips_finished_runs_and_redoes_only_the_unfinished(evidence, caps
         unfinished.append(out / "peers" / "peft_lora_qv_r1_seed1" / "results.json")
     for path in unfinished:
         path.unlink()
+        (path.parent / "provenance.json").unlink()
     kept = {p: p.stat().st_mtime_ns for p in out.glob("*/*/results.json") if p.parent.name != "peft_lora_qv_r1_seed1"}
     argv = ["--config", settings["config"], "--seeds", *map(str, settings["seeds"]),
             "--budgets", *map(str, settings["budgets"]), "--manual", *settings["manual"], "--out", str(out),
@@ -158,7 +159,42 @@ def test_rerun_skips_finished_runs_and_redoes_only_the_unfinished(evidence, caps
     assert sorted(report["skipped"]) == sorted({Run(*key).name for key in expected_runs()} - set(redone))
     assert report["missing"] == [] and all(path.is_file() for path in unfinished)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert all((path.parent / "provenance.json").is_file() for path in unfinished)  # written again
     assert "finished before, skipped" in capsys.readouterr().err
+
+
+def test_every_run_records_the_code_that_finished_it(evidence):
+    """Each run's provenance.json (read into its record) names this checkout's commit; the report counts the
+    runs per commit."""
+    from structures_runs import code_version
+
+    report = report_of(evidence)
+    code = code_version(ROOT)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert code["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    for record in report["runs"]:
+        provenance = record["provenance"]
+        assert (provenance["commit"], provenance["uncommitted_changes"]) == (code["commit"], code["uncommitted_changes"])
+        assert provenance["cpus"] >= 1 and provenance["finished"][:2] == "20"
+    assert report["code_versions"] == [{**code, "runs": len(report["runs"])}]
+    assert "Code that finished the runs: " in evidence[2]
+
+
+def test_code_versions_count_runs_per_commit_and_unrecorded_ones(tmp_path):
+    from structures_runs import code_version
+
+    assert code_version(tmp_path) == {"commit": None, "uncommitted_changes": None}  # not a git checkout
+    records = [{"provenance": {"commit": "a" * 40, "uncommitted_changes": False}},
+               {"provenance": None},
+               {"provenance": {"commit": "b" * 40, "uncommitted_changes": True}},
+               {"provenance": {"commit": "b" * 40, "uncommitted_changes": True}}]
+    versions = structures.code_versions(records)
+    assert versions == [{"commit": "b" * 40, "uncommitted_changes": True, "runs": 2},
+                        {"commit": "a" * 40, "uncommitted_changes": False, "runs": 1},
+                        {"commit": None, "uncommitted_changes": None, "runs": 1}]
+    assert structures_report.code_text(versions) == (
+        "Code that finished the runs: bbbbbbbbbb with uncommitted changes (2 runs), aaaaaaaaaa (1 run), "
+        "not recorded (1 run).")
 
 
 def test_paired_difference_matches_scipy():
