@@ -8,7 +8,8 @@ structure, default LoRA r=1 on query/value, on the first --steps batches of the 
 one pass compiles every padded length, a second pass is timed) in fresh worker processes: first one
 worker on every core, then one worker pinned to each core, all at once. Prints seconds per step of
 each worker, the steps per second of each setting and their ratio (> 1: the pinned shards finish the
-benchmark sooner), and with --json writes them. Too few cores or an unknown structure exits 2 with one line.
+benchmark sooner), and with --json writes them with the machine and its load average. Too few cores,
+an unknown structure or no `taskset` exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # config files import `configs.base`
 
 from s3delta_jax.train.config_file import apply_overrides, load_config, split_overrides  # noqa: E402
+from step_cost_report import machine  # noqa: E402
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -93,12 +96,10 @@ def seconds_per_step(config_spec: str, overrides: Sequence, structure: str, step
 
 
 def run_workers(argv: Sequence[str], core_sets: Sequence[set[int]]) -> list[dict]:
-    """{"seconds_per_step", "cores": the cores it ran on} of one worker per set of cores, all at once."""
-    def pin(cores):
-        return lambda: os.sched_setaffinity(0, cores)
-
-    workers = [subprocess.Popen([sys.executable, __file__, *argv, "--worker"], stdout=subprocess.PIPE, text=True,
-                                preexec_fn=pin(cores)) for cores in core_sets]
+    """{"seconds_per_step", "cores": the cores it ran on} of one worker per set of cores, all at once
+    (pinned by `taskset`: a fork of this process, which has started JAX's threads, could deadlock)."""
+    workers = [subprocess.Popen(["taskset", "-c", ",".join(map(str, sorted(cores))), sys.executable, __file__,
+                                 *argv, "--worker"], stdout=subprocess.PIPE, text=True) for cores in core_sets]
     outputs = [worker.communicate()[0] for worker in workers]
     codes = [worker.returncode for worker in workers]
     if any(codes):
@@ -114,16 +115,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seconds = seconds_per_step(args.config, overrides, args.structure, args.steps)
         print(json.dumps({"seconds_per_step": seconds, "cores": sorted(os.sched_getaffinity(0))}))
         return {}
+    if shutil.which("taskset") is None:
+        print("cpu_shards.py: pinning needs taskset (Debian/Ubuntu: apt install util-linux)", file=sys.stderr)
+        raise SystemExit(2)
     check_structure(args.config, overrides, args.structure)
     available = sorted(os.sched_getaffinity(0))
     cores = available[: args.cores or len(available)]
+    where = machine()  # the load average before the workers start tells whether the machine was shared
     one = run_workers(argv, [set(cores)])[0]
     pinned_workers = run_workers(argv, [{core} for core in cores])
     shared, pinned = one["seconds_per_step"], [w["seconds_per_step"] for w in pinned_workers]
     result = {"config": args.config, "overrides": [str(o) for o in overrides], "structure": args.structure,
               "steps": args.steps, "cores": cores, "worker_cores": [one["cores"]] + [w["cores"] for w in pinned_workers],
               "one_process_seconds_per_step": shared, "pinned_seconds_per_step": pinned,
-              "one_process_steps_per_second": 1 / shared, "pinned_steps_per_second": sum(1 / s for s in pinned)}
+              "one_process_steps_per_second": 1 / shared, "pinned_steps_per_second": sum(1 / s for s in pinned),
+              "machine": where, "load_average_at_end": list(os.getloadavg())}
     result["pinned_over_one_process"] = result["pinned_steps_per_second"] / result["one_process_steps_per_second"]
     print(f"one process on cores {one['cores']}: {shared:.3f} s a step, {result['one_process_steps_per_second']:.3f} steps/s")
     print(f"{len(cores)} processes, one per core: " + " / ".join(f"{s:.3f}" for s in pinned)

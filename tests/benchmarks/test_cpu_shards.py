@@ -56,6 +56,7 @@ def test_one_process_on_both_cores_then_one_pinned_process_per_core(argv, tmp_pa
     assert result["pinned_steps_per_second"] == pytest.approx(1 / pinned[0] + 1 / pinned[1])
     assert result["pinned_over_one_process"] == pytest.approx(result["pinned_steps_per_second"] * one)
     assert json.loads(out.read_text()) == result
+    assert result["machine"]["cpu_affinity"] == sorted(os.sched_getaffinity(0)) and len(result["load_average_at_end"]) == 3
 
 
 def test_more_cores_than_this_process_may_use_exits_2(argv, capsys):
