@@ -15,6 +15,7 @@ an unknown structure or no `taskset` exits 2 with one line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -26,7 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # config files import `configs.base`
 
+import jax  # noqa: E402
+
+from s3delta_jax.deltas import expand  # noqa: E402
+from s3delta_jax.models.registry import load_backbone  # noqa: E402
 from s3delta_jax.train.config_file import apply_overrides, load_config, split_overrides  # noqa: E402
+from s3delta_jax.train.prepare import load_task_data, place_backbone, train_batches  # noqa: E402
+from s3delta_jax.train.retrainer import Retrainer  # noqa: E402
 from step_cost_report import machine  # noqa: E402
 
 
@@ -35,7 +42,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="a config file, FILE[:VARIANT], e.g. configs/mrpc.py:minilm")
     parser.add_argument("--structure", default="lora_qv_r1", help="the backbone's manual structure to re-train")
     parser.add_argument("--steps", type=int, default=40, help="batches timed per worker (each compiled first)")
-    parser.add_argument("--cores", type=int, help="pinned workers, one per core (default: every core this process may use)")
+    parser.add_argument("--cores", type=int,
+                        help="pinned workers, one per core (default: every core this process may use)")
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -49,8 +57,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def check_structure(config_spec: str, overrides: Sequence, structure: str) -> None:
     """Exits 2 with one line unless `structure` is one of the config's backbone's manual structures."""
-    from s3delta_jax.models.registry import load_backbone
-
     config = load_config(config_spec)
     apply_overrides(config, overrides, config_spec)
     baselines = load_backbone(config.model).baselines
@@ -63,15 +69,6 @@ def check_structure(config_spec: str, overrides: Sequence, structure: str) -> No
 def seconds_per_step(config_spec: str, overrides: Sequence, structure: str, steps: int) -> float:
     """Seconds per re-training step of the manual `structure` over the seed's first `steps` batches (the
     loader goes on into later epochs where one has fewer)."""
-    import itertools
-
-    import jax
-
-    from s3delta_jax.deltas import expand
-    from s3delta_jax.models.registry import load_backbone
-    from s3delta_jax.train.prepare import load_task_data, place_backbone, train_batches
-    from s3delta_jax.train.retrainer import Retrainer
-
     config = load_config(config_spec)
     apply_overrides(config, overrides, config_spec)
     backbone = load_backbone(config.model)
@@ -126,12 +123,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pinned_workers = run_workers(argv, [{core} for core in cores])
     shared, pinned = one["seconds_per_step"], [w["seconds_per_step"] for w in pinned_workers]
     result = {"config": args.config, "overrides": [str(o) for o in overrides], "structure": args.structure,
-              "steps": args.steps, "cores": cores, "worker_cores": [one["cores"]] + [w["cores"] for w in pinned_workers],
+              "steps": args.steps, "cores": cores,
+              "worker_cores": [one["cores"]] + [w["cores"] for w in pinned_workers],
               "one_process_seconds_per_step": shared, "pinned_seconds_per_step": pinned,
               "one_process_steps_per_second": 1 / shared, "pinned_steps_per_second": sum(1 / s for s in pinned),
               "machine": where, "load_average_at_end": list(os.getloadavg())}
     result["pinned_over_one_process"] = result["pinned_steps_per_second"] / result["one_process_steps_per_second"]
-    print(f"one process on cores {one['cores']}: {shared:.3f} s a step, {result['one_process_steps_per_second']:.3f} steps/s")
+    print(f"one process on cores {one['cores']}: {shared:.3f} s a step, "
+          f"{result['one_process_steps_per_second']:.3f} steps/s")
     print(f"{len(cores)} processes, one per core: " + " / ".join(f"{s:.3f}" for s in pinned)
           + f" s a step, {result['pinned_steps_per_second']:.3f} steps/s together")
     print(f"pinned shards / one process: {result['pinned_over_one_process']:.2f}x the steps per second")
