@@ -39,10 +39,12 @@ def argv(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def offline_from_the_root(monkeypatch):
+def offline_from_the_root(monkeypatch, subprocess_env):
+    """Offline, in the repository, with the session's compilation cache (shared by the three workers)."""
     monkeypatch.chdir(ROOT)  # the config is named relative to the repository, as in the README
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "JAX_COMPILATION_CACHE_DIR",
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        monkeypatch.setenv(name, subprocess_env[name])
 
 
 def test_one_process_on_both_cores_then_one_pinned_process_per_core(argv, tmp_path):
